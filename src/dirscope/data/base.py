@@ -1,0 +1,79 @@
+"""What every data source offers the engine: ordered batches, labels and display images by dataset index."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    """Rows ``indices`` (increasing dataset indices) of the inputs ``x``, with labels where known."""
+
+    x: torch.Tensor
+    indices: np.ndarray  # int64 [B]
+    y: np.ndarray | None = None  # int64 [B], -1 where unknown
+
+
+class DataSource(ABC):
+    """A dataset in a fixed order. Index i always means the same example, so results can be looked up later.
+
+    Subclasses set ``spec`` (how to build it again), ``label_names`` (or None) and implement the
+    abstract methods. ``size`` is None only for one-shot iterables whose length is unknown up front.
+    """
+
+    spec: str = "<python object>"
+    label_names: list[str] | None = None
+
+    @property
+    @abstractmethod
+    def size(self) -> int | None:
+        """Number of examples, or None when unknown before a full pass."""
+
+    @abstractmethod
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Yield batches in dataset order; ``indices`` (sorted) restricts the pass to a subset."""
+
+    def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
+        """Integer labels (-1 unknown) of the given rows, or None when the source has no labels."""
+        return None
+
+    def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None:
+        """Display images (uint8, HxW or HxWx3) of the given rows, or None when not viewable."""
+        return None
+
+    def describe(self) -> dict:
+        """What the manifest records about this source."""
+        return {"spec": self.spec, "size": self.size, "label_names": self.label_names}
+
+
+def to_display_image(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
+    """Turn one model input into a uint8 image for figures, or None if it is not image-shaped.
+
+    [H,W], [1,H,W] and [3,H,W] (or channels-last [H,W,3]) are images. Values in [0,1] are scaled
+    by 255; other ranges are min-max scaled per image, because normalised inputs have no fixed range.
+    """
+    a = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.dtype == np.uint8:
+        img = a
+    else:
+        a = a.astype(np.float32)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if lo >= 0.0 and hi <= 1.0:
+            img = np.round(a * 255.0)
+        elif hi > lo:
+            img = np.round((a - lo) / (hi - lo) * 255.0)
+        else:
+            img = np.zeros_like(a)
+        img = np.nan_to_num(img).clip(0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3):
+        return np.ascontiguousarray(img)
+    return None

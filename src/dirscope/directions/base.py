@@ -1,0 +1,40 @@
+"""Direction families: each builds a [K, D] block of unit vectors; families combine by concatenation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..registry import Registry
+
+# A function that returns the activations a fitted family learns from: float32 [N, D].
+FitData = Callable[[], np.ndarray]
+
+
+@dataclass
+class FamilyBlock:
+    """The rows one family spec contributes. ``units`` gives the unit index of basis rows, else None."""
+
+    vectors: np.ndarray  # float32 [K, D], rows of unit norm
+    units: np.ndarray | None = None  # int64 [K] for basis-like families
+
+
+@dataclass(frozen=True)
+class FamilyContext:
+    """What a family may use: the layer's dimension, its own derived seed, and fitting data on demand."""
+
+    dim: int
+    seed: int
+    fit_data: FitData | None = None
+
+
+FAMILIES: Registry[FamilyBlock] = Registry("direction family")
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Scale each row to unit norm in float64, then store as float32."""
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / norms).astype(np.float32)

@@ -1,0 +1,5 @@
+"""Streaming tallies: pure array code with no I/O and no model, mergeable exactly."""
+
+from .tally import NonFiniteValues, Tally, TallyResult
+
+__all__ = ["NonFiniteValues", "Tally", "TallyResult"]

@@ -1,0 +1,180 @@
+"""Fused numba kernels: one read of each projection updates top-k, bottom-k, moments, zeros and histogram.
+
+Each direction (a row of the [K, B] projection block) is handled by one thread from start to end, in
+row order, so results do not depend on the number of threads. Candidates that cannot enter the current
+top-k or bottom-k are rejected by one comparison with the current k-th value, before any sort.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# Reassociation lets the float64 sums vectorise. No nnan/ninf, and no nsz: with reassoc it breaks the
+# isfinite check below (seen with numba 0.68).
+_FASTMATH = {"reassoc", "contract"}
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b):  # pragma: no cover - jit
+    """Pébay (2008) pairwise update of central moment sums; exact in exact arithmetic."""
+    n = n_a + n_b
+    if n_a == 0:
+        return mean_b, m2_b, m3_b, m4_b
+    delta = mean_b - mean_a
+    d_n = delta / n
+    d_n2 = d_n * d_n
+    term = delta * d_n * n_a * n_b
+    mean = mean_a + d_n * n_b
+    m4 = (
+        m4_a
+        + m4_b
+        + term * d_n2 * (n_a * n_a - n_a * n_b + n_b * n_b)
+        + 6.0 * d_n2 * (n_a * n_a * m2_b + n_b * n_b * m2_a)
+        + 4.0 * d_n * (n_a * m3_b - n_b * m3_a)
+    )
+    m3 = m3_a + m3_b + term * d_n * (n_a - n_b) + 3.0 * d_n * (n_a * m2_b - n_b * m2_a)
+    m2 = m2_a + m2_b + term
+    return mean, m2, m3, m4
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _insert_desc(vals, idxs, filled, value, index):  # pragma: no cover - jit
+    """Insert into a row sorted by value descending; equal values keep earlier (lower-index) entries first."""
+    k = vals.shape[0]
+    pos = filled if filled < k else k - 1
+    while pos > 0 and vals[pos - 1] < value:
+        vals[pos] = vals[pos - 1]
+        idxs[pos] = idxs[pos - 1]
+        pos -= 1
+    vals[pos] = value
+    idxs[pos] = index
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _insert_asc(vals, idxs, filled, value, index):  # pragma: no cover - jit
+    """Insert into a row sorted by value ascending; equal values keep earlier (lower-index) entries first."""
+    k = vals.shape[0]
+    pos = filled if filled < k else k - 1
+    while pos > 0 and vals[pos - 1] > value:
+        vals[pos] = vals[pos - 1]
+        idxs[pos] = idxs[pos - 1]
+        pos -= 1
+    vals[pos] = value
+    idxs[pos] = index
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def update_kernel(
+    values,
+    indices,
+    n_seen,
+    filled,
+    top_v,
+    top_i,
+    bot_v,
+    bot_i,
+    mean,
+    m2,
+    m3,
+    m4,
+    zeros,
+    vmin,
+    vmax,
+    hist,
+    hist_off,
+    hist_scale,
+    hist_ready,
+    needs_rebin,
+    nonfinite,
+):  # pragma: no cover - jit
+    """Fold one block ``values[K, B]`` (rows ``indices``, increasing and beyond all seen) into the state."""
+    n_dirs, n_rows = values.shape
+    k = top_v.shape[1]
+    n_bins = hist.shape[1]
+    for c in nb.prange(n_dirs):
+        row = values[c]
+        shift = mean[c] if n_seen > 0 else np.float64(row[0])
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        lo = np.inf
+        hi = -np.inf
+        z = 0
+        for b in range(n_rows):
+            v = np.float64(row[b])
+            d = v - shift
+            d2 = d * d
+            s1 += d
+            s2 += d2
+            s3 += d2 * d
+            s4 += d2 * d2
+            lo = min(lo, v)
+            hi = max(hi, v)
+            z += v == 0.0
+        if not np.isfinite(s4 + s1 + lo + hi):
+            nonfinite[c] = True
+            continue
+        mu = s1 / n_rows
+        bm2 = s2 - n_rows * mu * mu
+        bm3 = s3 - 3.0 * mu * s2 + 2.0 * n_rows * mu * mu * mu
+        bm4 = s4 - 4.0 * mu * s3 + 6.0 * mu * mu * s2 - 3.0 * n_rows * mu * mu * mu * mu
+        mean[c], m2[c], m3[c], m4[c] = _merge_moments(
+            np.float64(n_seen),
+            mean[c],
+            m2[c],
+            m3[c],
+            m4[c],
+            np.float64(n_rows),
+            shift + mu,
+            max(bm2, 0.0),
+            bm3,
+            max(bm4, 0.0),
+        )
+        zeros[c] += z
+        vmin[c] = min(vmin[c], lo)
+        vmax[c] = max(vmax[c], hi)
+
+        scale = hist_scale[c]
+        off = hist_off[c]
+        # Compared in float64 (floor(v*s) - off >= 0 iff v*s >= off), so huge ratios never overflow int64.
+        if hist_ready[c] and lo * scale >= off and hi * scale < off + n_bins:
+            h = hist[c]
+            for b in range(n_rows):
+                h[np.int64(np.floor(np.float64(row[b]) * scale)) - off] += 1
+        else:
+            needs_rebin[c] = True
+
+        tv = top_v[c]
+        ti = top_i[c]
+        bv = bot_v[c]
+        bi = bot_i[c]
+        f_top = filled
+        f_bot = filled
+        top_thr = tv[k - 1] if f_top == k else -np.inf
+        bot_thr = bv[k - 1] if f_bot == k else np.inf
+        for b in range(n_rows):
+            v = row[b]
+            if v > top_thr or f_top < k:
+                _insert_desc(tv, ti, f_top, v, indices[b])
+                f_top = min(f_top + 1, k)
+                top_thr = tv[k - 1] if f_top == k else -np.inf
+            if v < bot_thr or f_bot < k:
+                _insert_asc(bv, bi, f_bot, v, indices[b])
+                f_bot = min(f_bot + 1, k)
+                bot_thr = bv[k - 1] if f_bot == k else np.inf
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def histogram_kernel(values, columns, hist, hist_off, hist_scale):  # pragma: no cover - jit
+    """Count ``values[c]`` into the histograms of the listed directions (after their grids were widened)."""
+    n_rows = values.shape[1]
+    for j in nb.prange(columns.shape[0]):
+        c = columns[j]
+        row = values[c]
+        h = hist[c]
+        scale = hist_scale[c]
+        off = hist_off[c]
+        for b in range(n_rows):
+            h[np.int64(np.floor(np.float64(row[b]) * scale)) - off] += 1

@@ -1,0 +1,146 @@
+"""Named hook points: every submodule's output is reachable by its dotted name, and hooks are the one door.
+
+This stage knows nothing about directions or files: it maps a batch of inputs to the activations of
+the requested layers, and stops the forward pass as soon as the last of them has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import DirscopeError
+from .specs import suggest
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One hookable submodule: its name, class, per-example output shape and calls per forward."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...] | None  # None: did not run, or returned no tensor
+    calls: int
+
+
+class _AllCaptured(Exception):
+    """Raised from a hook to skip the rest of the forward pass once every requested layer has run."""
+
+
+def first_tensor(output: object) -> torch.Tensor | None:
+    """The activation a hook sees: the output tensor, or the first tensor of a tuple/list output."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def hookable(module: nn.Module) -> dict[str, nn.Module]:
+    """Every named submodule, nested names included (``features.3``, ``blocks.0.mlp.act``)."""
+    return {name: sub for name, sub in module.named_modules() if name}
+
+
+def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """Check layer names (``all`` means every leaf module); unknown names fail with the closest ones."""
+    available = hookable(module)
+    if list(names) == ["all"]:
+        return [n for n, m in available.items() if not any(True for _ in m.children())]
+    if not names:
+        raise DirscopeError("no layer given; pass --layer NAME (list them with `dirscope layers MODEL`)")
+    for name in names:
+        if name not in available:
+            raise DirscopeError(
+                f"unknown layer {name!r}{suggest(name, available)}; list the names with `dirscope layers MODEL`"
+            )
+    if len(set(names)) != len(names):
+        raise DirscopeError("the same layer is given twice; give each --layer once")
+    return list(names)
+
+
+def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> None:
+    """Run the model, turning shape errors into one line that names the offending input shape."""
+    try:
+        module(x)
+    except _AllCaptured:
+        pass
+    except torch.OutOfMemoryError:
+        raise DirscopeError(f"out of memory running {what} on a batch of {x.shape[0]}; lower --batch-size") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DirscopeError(
+            f"{what} cannot take inputs of shape {list(x.shape[1:])} (batch of {x.shape[0]}): {first}"
+        ) from None
+
+
+def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Every hookable name with its output shape, from one dry forward on ``example``."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    calls: dict[str, int] = {}
+
+    def hook_for(name: str):
+        def hook(_mod: nn.Module, _inp: object, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            tensor = first_tensor(output)
+            shapes.setdefault(name, tuple(tensor.shape[1:]) if tensor is not None else None)
+
+        return hook
+
+    layers = hookable(module)
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        with torch.inference_mode():
+            forward(module, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return [LayerInfo(n, type(m).__name__, shapes.get(n), calls.get(n, 0)) for n, m in layers.items()]
+
+
+class Capture:
+    """Context manager: hooks on the named layers; ``run(x)`` returns their activations for batch ``x``."""
+
+    def __init__(self, module: nn.Module, layers: Sequence[str]) -> None:
+        self.module = module
+        self.layers = list(layers)
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> Capture:
+        modules = hookable(self.module)
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook_for(self, name: str):
+        def hook(_mod: nn.Module, _inp: object, output: object) -> None:
+            if name in self._outputs:
+                return
+            tensor = first_tensor(output)
+            if tensor is None:
+                raise DirscopeError(f"layer {name!r} returns no tensor ({type(output).__name__}); hook another layer")
+            self._outputs[name] = tensor
+            if len(self._outputs) == len(self.layers):
+                raise _AllCaptured
+
+        return hook
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward ``x`` (stopping early when possible) and return {layer: activation}."""
+        self._outputs = {}
+        forward(self.module, x)
+        missing = [n for n in self.layers if n not in self._outputs]
+        if missing:
+            raise DirscopeError(f"layer {missing[0]!r} did not run in the forward pass; choose a layer that runs")
+        out, self._outputs = self._outputs, {}
+        return out

@@ -1,0 +1,55 @@
+"""Projection of activations onto directions, then pooling over positions.
+
+For a spatial layer the projection is taken at every position first and pooled afterwards: with max
+pooling, value(x, v) = max_p <phi_p(x), v>, a direction's true maximal response. (Pooling the units first
+and projecting afterwards is a different quantity.) Mean pooling commutes with the projection, so the
+positions are averaged first, which is cheaper and equal up to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .errors import DirscopeError
+
+Pool = Literal["max", "mean"]
+POOLS = ("max", "mean")
+# Elements of the [b, K, positions] block built per chunk of a max-pooled projection (~256 MiB of float32).
+_MAX_BLOCK = 1 << 26
+
+
+def feature_axis(shape: tuple[int, ...]) -> int:
+    """Where the features of a per-example activation live: [D] -> 0; [C,H,W] or [C,D,H,W] -> 0 (channels
+    first, as conv layers); [T,D] -> 1 (channels last, as token sequences)."""
+    if len(shape) == 1 or len(shape) >= 3:
+        return 0
+    if len(shape) == 2:
+        return 1
+    raise DirscopeError("a layer with a scalar output per example has no directions; choose another layer")
+
+
+def positions(act: torch.Tensor, axis: int) -> torch.Tensor:
+    """View a batch of activations as [B, D, P]: features by positions (P = 1 for flat layers)."""
+    moved = act.movedim(axis + 1, 1) if axis != 0 else act
+    return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def project(act: torch.Tensor, directions: torch.Tensor, pool: Pool, axis: int) -> torch.Tensor:
+    """Pooled projections [K, B] (float32) of a batch of activations onto directions [K, D]."""
+    x = positions(act.float(), axis)
+    if x.shape[2] == 1 or pool == "mean":
+        return directions @ x.mean(dim=2).T if x.shape[2] > 1 else directions @ x[:, :, 0].T
+    n_dirs, n_pos = directions.shape[0], x.shape[2]
+    chunk = max(1, _MAX_BLOCK // max(1, n_dirs * n_pos))
+    out = torch.empty(n_dirs, x.shape[0], dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        block = torch.matmul(directions, x[start : start + chunk])  # [b, K, P]
+        out[:, start : start + chunk] = block.amax(dim=2).T
+    return out
+
+
+def finite_rows(act: torch.Tensor) -> torch.Tensor:
+    """Boolean [B]: rows whose activations are all finite."""
+    return torch.isfinite(act.reshape(act.shape[0], -1)).all(dim=1)

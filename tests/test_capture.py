@@ -1,0 +1,106 @@
+"""Hooks on named (nested) modules: layer listing, name errors, multi-layer capture and early stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dirscope.capture import Capture, list_layers, resolve_layers
+from dirscope.errors import DirscopeError
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        return self.act(self.mlp(x))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), nn.Linear(6, 4)])
+        self.pair = PairOut()
+        self.head = nn.Linear(4, 3)
+        self.head_calls = 0
+
+    def forward(self, x):
+        x = self.blocks[1](self.blocks[0](x))
+        x, _ = self.pair(x)
+        self.head_calls += 1
+        return self.head(x)
+
+
+class PairOut(nn.Module):
+    def forward(self, x):
+        return (x * 2, "aux")
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.shared(self.shared(x))
+
+
+def test_list_layers_names_nested_modules_with_shapes():
+    infos = {i.name: i for i in list_layers(Net().eval(), torch.zeros(2, 4))}
+    assert infos["blocks.0.mlp.1"].shape == (6,) and infos["blocks.0.mlp.1"].type == "ReLU"
+    assert infos["blocks.0.act"].shape == (6,)
+    assert infos["pair"].shape == (4,)  # first tensor of a tuple output
+    assert infos["head"].calls == 1
+
+
+def test_list_layers_reports_repeated_calls():
+    infos = {i.name: i for i in list_layers(Twice(), torch.zeros(1, 3))}
+    assert infos["shared"].calls == 2
+
+
+def test_unknown_layer_suggests_close_names():
+    with pytest.raises(DirscopeError, match=r"unknown layer 'blocks.0.mpl'.*did you mean 'blocks.0.mlp'"):
+        resolve_layers(Net(), ["blocks.0.mpl"])
+    with pytest.raises(DirscopeError, match="twice"):
+        resolve_layers(Net(), ["head", "head"])
+
+
+def test_multi_layer_capture_equals_separate_captures():
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(5, 4)
+    with Capture(net, ["blocks.0.mlp.0", "blocks.1", "pair"]) as cap:
+        together = cap.run(x)
+    for name, act in together.items():
+        with Capture(net, [name]) as cap:
+            torch.testing.assert_close(cap.run(x)[name], act, rtol=0, atol=0)
+    assert torch.equal(together["pair"], net.blocks[1](net.blocks[0](x)) * 2)
+
+
+def test_forward_stops_after_the_last_requested_layer():
+    net = Net().eval()
+    with Capture(net, ["blocks.0.act"]) as cap:
+        cap.run(torch.randn(2, 4))
+    assert net.head_calls == 0
+    with Capture(net, ["head"]) as cap:
+        cap.run(torch.randn(2, 4))
+    assert net.head_calls == 1
+
+
+def test_hooks_are_removed_on_exit():
+    net = Net()
+    with Capture(net, ["head"]):
+        pass
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_wrong_input_shape_is_one_line():
+    with (
+        pytest.raises(DirscopeError, match=r"cannot take inputs of shape \[7\]") as info,
+        Capture(Net(), ["head"]) as cap,
+    ):
+        cap.run(torch.zeros(2, 7))
+    assert "\n" not in str(info.value)

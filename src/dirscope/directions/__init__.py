@@ -1,7 +1,24 @@
-"""Direction families (``basis``, ``random:N``, ``rotation[:ALPHA]``, ``pca:N``, ``file:PATH``) and their combination."""
+"""Direction families (``basis``, ``random:N``, ``rotation[:ALPHA]``, ``pca:N``, ``file:PATH``), combined.
+
+A new family is one module that registers a ``build(arg, *, ctx) -> FamilyBlock`` in ``FAMILIES``,
+plus its import below.
+"""
 
 from __future__ import annotations
 
-from .base import FAMILIES, FamilyBlock, FamilyContext, normalize_rows
+from . import basis, file, pca, random, rotation  # noqa: F401  (importing registers the families)
+from .base import FAMILIES, FamilyBlock, FamilyContext, FitData, normalize_rows
+from .combine import DirectionSet, build_directions
+from .rotation import fractional_power, haar_rotation
 
-__all__ = ["FAMILIES", "FamilyBlock", "FamilyContext", "normalize_rows"]
+__all__ = [
+    "FAMILIES",
+    "DirectionSet",
+    "FamilyBlock",
+    "FamilyContext",
+    "FitData",
+    "build_directions",
+    "fractional_power",
+    "haar_rotation",
+    "normalize_rows",
+]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,18 +16,26 @@ FitData = Callable[[], np.ndarray]
 
 @dataclass
 class FamilyBlock:
-    """The rows one family spec contributes. ``units`` gives the unit index of basis rows, else None."""
+    """The rows one family spec contributes.
+
+    ``units`` gives the unit index of basis rows, else None. ``label`` overrides the spec's name as the
+    rows' family label (``rotation:0.5``, ``file:stem``) so a sweep can tell its blocks apart. ``info``
+    is what the run should record about the block (e.g. PCA explained variance); it must be JSON-able.
+    """
 
     vectors: np.ndarray  # float32 [K, D], rows of unit norm
     units: np.ndarray | None = None  # int64 [K] for basis-like families
+    label: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class FamilyContext:
-    """What a family may use: the layer's dimension, its own derived seed, and fitting data on demand."""
+    """What a family may use: the layer's name and dimension, its own derived seed, fitting data on demand."""
 
     dim: int
     seed: int
+    layer: str
     fit_data: FitData | None = None
 
 

@@ -1,10 +1,25 @@
-"""Data sources: a spec string (``mnist``, ``npz:PATH``, ``folder:PATH``...) or a Python object becomes a DataSource."""
+"""Data sources: a spec (``mnist``, ``npz:PATH``, ``folder:PATH``...) or a Python object, as a DataSource.
+
+Fetching lives in :mod:`dirscope.data.fetch` (``fetch``, ``data_home``, ``FETCHABLE``), not re-exported
+here, where the function ``fetch`` would shadow its module.
+"""
 
 from __future__ import annotations
 
-from ..registry import Registry
+from . import builtin, folder, npz  # noqa: F401  (importing a family registers its sources)
+from .arrays import ArraySource
 from .base import Batch, DataSource, to_display_image
+from .python import IterableSource, TorchDatasetSource, load_data
+from .registry import DATA, Preprocess
 
-DATA: Registry[DataSource] = Registry("data source")
-
-__all__ = ["DATA", "Batch", "DataSource", "to_display_image"]
+__all__ = [
+    "DATA",
+    "ArraySource",
+    "Batch",
+    "DataSource",
+    "IterableSource",
+    "Preprocess",
+    "TorchDatasetSource",
+    "load_data",
+    "to_display_image",
+]

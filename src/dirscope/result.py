@@ -1,0 +1,251 @@
+"""The in-memory form of a run directory: tables of top-k rows, statistics and directions, plus example images."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DirscopeError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .directions import DirectionSet
+    from .tally import TallyResult
+
+SIGNS = ("max", "min")
+
+
+class Result:
+    """What a run found. Tables are pandas DataFrames whose columns are the run directory's format.
+
+    ``topk``: layer, direction, family, sign, rank, index, value, label, label_name.
+    ``stats``: one row per layer and direction with count, mean, std, var, skew, kurtosis, min, max,
+    zeros, zero_fraction and an exact histogram (hist_start, hist_width, hist_counts).
+    ``directions``: layer, direction, family, member, unit, spec; ``vectors(layer)`` gives the [K, D] matrix.
+    """
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        topk: pd.DataFrame,
+        stats: pd.DataFrame,
+        directions: pd.DataFrame,
+        vectors: Mapping[str, np.ndarray],
+        images: Mapping[int, np.ndarray] | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.topk = topk
+        self.stats = stats
+        self.directions = directions
+        self._vectors = dict(vectors)
+        self.images = dict(images or {})
+        self.path = path
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_tallies(
+        cls,
+        manifest: dict[str, Any],
+        directions: Mapping[str, DirectionSet],
+        tallies: Mapping[str, TallyResult],
+        indices: np.ndarray,
+        labels: np.ndarray | None,
+        label_names: Sequence[str] | None,
+        images: Sequence[np.ndarray] | None,
+    ) -> Result:
+        """Assemble the tables from finished tallies; labels and images are given for ``indices``."""
+        lookup = (indices, labels) if labels is not None else None
+        topk = pd.concat(
+            [_topk_table(layer, directions[layer], t, lookup, label_names) for layer, t in tallies.items()],
+            ignore_index=True,
+        )
+        stats = pd.concat(
+            [_stats_table(layer, directions[layer], t) for layer, t in tallies.items()], ignore_index=True
+        )
+        meta = pd.DataFrame(
+            [{"layer": layer, **rec} for layer, d in directions.items() for rec in d.to_records()]
+        ).astype({"direction": "int64", "member": "int64", "unit": "int64"})
+        vectors = {layer: d.vectors for layer, d in directions.items()}
+        pictures = dict(zip(indices.tolist(), images, strict=True)) if images is not None else {}
+        pictures = {i: img for i, img in pictures.items() if img is not None}
+        return cls(manifest, topk, stats, meta, vectors, pictures)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Result:
+        """Read a run directory written by ``dirscope run`` or ``Result.save``."""
+        from .rundir import read_run
+
+        return read_run(Path(path))
+
+    def save(self, path: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
+        """Write this result as a run directory."""
+        from .rundir import prepare_out, write_run
+
+        out = prepare_out(path, overwrite)
+        write_run(self, out, figures=figures)
+        return out
+
+    # ---- queries ------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        return [layer["name"] for layer in self.manifest["layers"]]
+
+    def families(self, layer: str) -> list[str]:
+        self._check_layer(layer)
+        return list(dict.fromkeys(self.directions.loc[self.directions.layer == layer, "family"]))
+
+    def vectors(self, layer: str) -> np.ndarray:
+        """Direction matrix [K, D] of a layer; row i is direction i."""
+        self._check_layer(layer)
+        return self._vectors[layer]
+
+    def examples(self, layer: str, direction: int, sign: str = "max") -> pd.DataFrame:
+        """The top (``max``) or bottom (``min``) examples of one direction, most extreme first."""
+        self._check_layer(layer)
+        if sign not in SIGNS:
+            raise DirscopeError(f"sign must be 'max' or 'min', got {sign!r}")
+        rows = self.topk[(self.topk.layer == layer) & (self.topk.direction == direction) & (self.topk.sign == sign)]
+        if rows.empty:
+            raise DirscopeError(f"layer {layer!r} has no direction {direction}")
+        return rows.sort_values("rank").reset_index(drop=True)
+
+    def rows_of(self, layer: str, family: str) -> np.ndarray:
+        """Direction ids of one family at a layer."""
+        meta = self.directions
+        return meta.loc[(meta.layer == layer) & (meta.family == family), "direction"].to_numpy()
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise DirscopeError(f"this run has no layer {layer!r}; it has {', '.join(self.layers)}")
+
+    # ---- pictures -----------------------------------------------------------------------------------
+    def figure(
+        self,
+        layer: str,
+        family: str | None = None,
+        directions: Sequence[int] | None = None,
+        n: int = 8,
+        sign: str = "max",
+    ) -> Figure:
+        """A Szegedy-style grid: one row per direction, its top (or bottom) examples left to right."""
+        from .figures import family_figure
+
+        return family_figure(self, layer, family=family, directions=directions, n=n, sign=sign)
+
+    def _repr_html_(self) -> str:
+        from .figures import side_by_side_figure, to_png
+
+        parts = [
+            f"<p><b>dirscope run</b>: model <code>{html.escape(self.manifest['model']['spec'])}</code>, "
+            f"data <code>{html.escape(str(self.manifest['data'].get('spec')))}</code>, "
+            f"k={self.manifest['config']['k']}</p>"
+        ]
+        for layer in self.layers:
+            if not self.images:
+                break
+            png = to_png(side_by_side_figure(self, layer, n=4))
+            parts.append(
+                f"<p><b>{html.escape(layer)}</b></p><img src='data:image/png;base64,"
+                f"{base64.b64encode(png).decode()}' style='max-width:100%'/>"
+            )
+        parts.append(
+            self.stats.groupby(["layer", "family"], sort=False)[["kurtosis", "zero_fraction"]]
+            .mean()
+            .to_html(float_format="%.3f")
+        )
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        counts = self.directions.groupby("layer", sort=False).size().to_dict()
+        where = f" at {self.path}" if self.path else ""
+        return f"<dirscope Result{where}: layers {counts}, k={self.manifest['config']['k']}>"
+
+
+def _topk_table(
+    layer: str,
+    dirs: DirectionSet,
+    t: TallyResult,
+    lookup: tuple[np.ndarray, np.ndarray] | None,
+    label_names: Sequence[str] | None,
+) -> pd.DataFrame:
+    n_dirs, kept = t.top_indices.shape
+    frames = []
+    for sign, values, indices in (
+        ("max", t.top_values, t.top_indices),
+        ("min", t.bottom_values, t.bottom_indices),
+    ):
+        flat_idx = indices.ravel()
+        labels = _labels_of(flat_idx, lookup)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "direction": np.repeat(np.arange(n_dirs, dtype=np.int64), kept),
+                    "family": np.repeat(np.asarray(dirs.family, dtype=object), kept),
+                    "sign": sign,
+                    "rank": np.tile(np.arange(kept, dtype=np.int64), n_dirs),
+                    "index": flat_idx.astype(np.int64),
+                    "value": values.ravel().astype(np.float32),
+                    "label": labels,
+                    "label_name": _names(labels, label_names),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _labels_of(rows: np.ndarray, lookup: tuple[np.ndarray, np.ndarray] | None) -> pd.arrays.IntegerArray:
+    """Labels of dataset rows from (sorted indices, their labels); -1 and absent labels become NA."""
+    if lookup is None:
+        return pd.array([pd.NA] * rows.size, dtype="Int64")
+    indices, labels = lookup
+    found = np.asarray(labels, dtype=np.int64)[np.searchsorted(indices, rows)]
+    return pd.arrays.IntegerArray(found, found < 0)
+
+
+def _names(labels: pd.api.extensions.ExtensionArray, label_names: Sequence[str] | None) -> pd.Series:
+    if not label_names:
+        return pd.Series([pd.NA] * len(labels), dtype="string")
+    names = [label_names[v] if v is not pd.NA and 0 <= v < len(label_names) else pd.NA for v in labels]
+    return pd.Series(names, dtype="string")
+
+
+def _stats_table(layer: str, dirs: DirectionSet, t: TallyResult) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "direction": np.arange(len(dirs), dtype=np.int64),
+            "family": np.asarray(dirs.family, dtype=object),
+            "count": np.int64(t.count),
+            "mean": t.mean,
+            "std": np.sqrt(t.var),
+            "var": t.var,
+            "skew": t.skew,
+            "kurtosis": t.kurtosis,
+            "min": t.min,
+            "max": t.max,
+            "zeros": t.zeros,
+            "zero_fraction": t.zeros / t.count,
+            "hist_start": t.hist_start,
+            "hist_width": t.hist_width,
+            "hist_counts": list(t.hist_counts),
+        }
+    )
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 HxW or HxWx3 image as PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()

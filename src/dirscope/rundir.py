@@ -1,0 +1,129 @@
+"""The run directory: the one contract between computing and reading. Every file is written atomically.
+
+    manifest.json          what ran: model, data, layers, direction specs, seed, pooling, N, versions, time
+    directions/<layer>.npy float32 [K, D]; row i is direction i of that layer
+    directions.parquet     layer, direction, family, member, unit (-1 if not a unit), spec
+    topk.parquet           layer, direction, family, sign, rank, index, value, label, label_name
+    stats.parquet          per layer and direction: count, mean, std, var, skew, kurtosis, min, max,
+                           zeros, zero_fraction, hist_start, hist_width, hist_counts
+    examples.parquet       index, label, png (the display image of every row in topk.parquet)
+    figures/*.png          Szegedy-style grids
+
+manifest.json is written last, so a directory with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .atomic import atomic_path, write_json, write_with
+from .errors import DirscopeError
+from .figures import safe_name, write_figures
+from .result import Result, png_bytes
+
+RUN_FILES = ("manifest.json", "topk.parquet", "stats.parquet", "directions.parquet", "examples.parquet")
+RUN_DIRS = ("directions", "figures")
+
+
+def prepare_out(out: str | Path, overwrite: bool) -> Path:
+    """Check the output directory before any work: refuse a non-empty one unless ``overwrite``, and probe
+    that it is writable, so a long run never fails at its end."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DirscopeError(f"--out {path} is a file; give a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise DirscopeError(f"output directory {path} is not empty; pass --overwrite or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".dirscope-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DirscopeError(f"cannot write to {path}: {exc.strerror}; choose a writable --out directory") from None
+    return path
+
+
+def _remove_stale(out: Path, keep: set[Path]) -> None:
+    """After an overwrite, drop what an earlier run wrote and this one did not; never other user files."""
+    for name in RUN_DIRS:
+        for path in (out / name).glob("*") if (out / name).is_dir() else []:
+            if path not in keep and path.suffix in (".npy", ".png"):
+                path.unlink()
+    if (out / "examples.parquet").exists() and out / "examples.parquet" not in keep:
+        (out / "examples.parquet").unlink()
+
+
+def write_run(result: Result, out: Path, figures: bool = True) -> None:
+    """Write every file of the run directory. An earlier manifest is removed first and the new one is
+    written last, so the directory counts as complete only when all of it is."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    layer_files = {}
+    for layer in result.layers:
+        name = f"directions/{safe_name(layer)}.npy"
+        vectors = result.vectors(layer).astype(np.float32)
+        write_with(out / name, lambda fh, v=vectors: np.save(fh, v))
+        layer_files[layer] = name
+    _write_parquet(out / "directions.parquet", result.directions)
+    _write_parquet(out / "topk.parquet", result.topk)
+    _write_parquet(out / "stats.parquet", result.stats)
+    _write_parquet(out / "examples.parquet", _examples_table(result))
+    figure_files = write_figures(result, out / "figures") if figures else []
+    _remove_stale(out, {out / f for f in layer_files.values()} | set(figure_files) | {out / "examples.parquet"})
+    manifest = dict(result.manifest)
+    for layer in manifest["layers"]:
+        layer["directions_file"] = layer_files[layer["name"]]
+    manifest["figures"] = [str(p.relative_to(out)) for p in figure_files]
+    write_json(out / "manifest.json", manifest)
+    result.manifest, result.path = manifest, out
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _examples_table(result: Result) -> pd.DataFrame:
+    labels = result.topk.drop_duplicates("index").set_index("index")["label"]
+    indices = sorted(result.images)
+    return pd.DataFrame(
+        {
+            "index": pd.array(indices, dtype="int64"),
+            "label": pd.array([labels.get(i, pd.NA) for i in indices], dtype="Int64"),
+            "png": [png_bytes(result.images[i]) for i in indices],
+        }
+    )
+
+
+def read_run(path: Path) -> Result:
+    """Load a run directory, saying exactly what is missing when it is incomplete."""
+    if not (path / "manifest.json").is_file():
+        raise DirscopeError(f"{path} is not a complete dirscope run (no manifest.json); run `dirscope run` first")
+    manifest = json.loads((path / "manifest.json").read_text())
+    missing = [n for n in RUN_FILES[1:] if not (path / n).is_file()]
+    if missing:
+        raise DirscopeError(f"run {path} is incomplete: missing {', '.join(missing)}; run it again")
+    vectors = {
+        layer["name"]: np.load(path / layer["directions_file"], allow_pickle=False) for layer in manifest["layers"]
+    }
+    examples = pd.read_parquet(path / "examples.parquet")
+    images = {
+        int(i): np.asarray(Image.open(io.BytesIO(b))) for i, b in zip(examples["index"], examples["png"], strict=True)
+    }
+    return Result(
+        manifest=manifest,
+        topk=pd.read_parquet(path / "topk.parquet"),
+        stats=pd.read_parquet(path / "stats.parquet"),
+        directions=pd.read_parquet(path / "directions.parquet"),
+        vectors=vectors,
+        images=images,
+        path=path,
+    )

@@ -1,0 +1,312 @@
+"""The whole pipeline on tiny models against brute force, the run directory, and every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import dirscope
+from dirscope.errors import DirscopeError
+from dirscope.result import Result
+
+
+class TinyConv(nn.Module):
+    """Conv features with ReLU then a flat layer; integer weights keep small-integer inputs exact in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 5, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randint(-2, 3, self.conv.weight.shape, generator=g).float())
+            self.fc.weight.copy_(torch.randint(-1, 2, self.fc.weight.shape, generator=g).float())
+
+    def forward(self, x):
+        h = self.relu(self.conv(x))
+        return self.fc(h.flatten(1))
+
+
+def tiny_data(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=(n, 1, 6, 6)).astype(np.float32)  # small integers: many exact ties
+    return x, rng.integers(0, 3, size=n)
+
+
+def brute_topk(values: np.ndarray, k: int, descending: bool) -> np.ndarray:
+    """values [N, K] float64 -> [K, k] row indices, ties toward the lower index."""
+    n = values.shape[0]
+    return np.array([np.lexsort((np.arange(n), -col if descending else col))[:k] for col in values.T])
+
+
+def activations(model: TinyConv, x: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        h = model.relu(model.conv(torch.from_numpy(x)))
+        return {"relu": h.double().numpy(), "fc": model.fc(h.flatten(1)).double().numpy()}
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_basis_topk_is_exact_against_brute_force(pool, batch_size):
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    res = dirscope.run(model, ["relu", "fc"], (x, y), "basis", k=5, pool=pool, batch_size=batch_size, progress=False)
+    acts = activations(model, x)
+    relu = acts["relu"].reshape(60, 4, -1)
+    pooled = {"relu": relu.max(2) if pool == "max" else relu.mean(2), "fc": acts["fc"]}
+    for layer, values in pooled.items():
+        for sign, desc in (("max", True), ("min", False)):
+            got = res.topk[(res.topk.layer == layer) & (res.topk.sign == sign)].sort_values(["direction", "rank"])
+            want = brute_topk(values, 5, desc)
+            np.testing.assert_array_equal(got["index"].to_numpy().reshape(want.shape), want)
+            np.testing.assert_allclose(
+                got["value"].to_numpy().reshape(want.shape), np.take_along_axis(values.T, want, 1), rtol=1e-6
+            )
+            np.testing.assert_array_equal(got["label"].to_numpy().reshape(want.shape), y[want])
+
+
+def test_random_directions_match_float64_projection():
+    """Continuous data: the chosen rows equal the float64 brute force wherever the k-th gap is not a near-tie."""
+    rng = np.random.default_rng(1)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU()).eval()
+    x = rng.normal(size=(300, 2, 7, 7)).astype(np.float32)
+    res = dirscope.run(model, ["1"], x, "random:16,rotation", k=6, batch_size=50, progress=False)
+    with torch.no_grad():
+        act = model(torch.from_numpy(x)).double().numpy().reshape(300, 8, -1)
+    dirs = res.vectors("1").astype(np.float64)
+    values = np.einsum("bcp,kc->bkp", act, dirs).max(2)
+    want = brute_topk(values, 6, True)
+    got = res.topk[res.topk.sign == "max"].sort_values(["direction", "rank"])["index"].to_numpy().reshape(want.shape)
+    sorted_vals = -np.sort(-values, axis=0)
+    clear = np.abs(sorted_vals[5] - sorted_vals[6]) > 1e-4  # no near-tie at the k-th place
+    assert clear.sum() >= 20
+    np.testing.assert_array_equal(got[clear], want[clear])
+
+
+def test_moments_and_zeros_against_brute_force():
+    model, (x, _) = TinyConv().eval(), tiny_data(200, seed=3)
+    res = dirscope.run(model, ["relu"], x, "basis,random:3", k=2, batch_size=33, progress=False)
+    act = activations(model, x)["relu"].reshape(200, 4, -1)
+    values = np.einsum("bcp,kc->bkp", act, res.vectors("relu").astype(np.float64)).max(2)
+    stats = res.stats.sort_values("direction")
+    np.testing.assert_allclose(stats["mean"], values.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["std"], values.std(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(stats["zeros"][:4], (values[:, :4] == 0).sum(0))
+    np.testing.assert_array_equal(stats["count"], 200)
+
+
+def test_multi_layer_pass_equals_separate_runs():
+    model, (x, _) = TinyConv().eval(), tiny_data(80)
+    together = dirscope.run(model, ["relu", "fc"], x, "basis,random:4", k=4, batch_size=16, progress=False)
+    for layer in ("relu", "fc"):
+        alone = dirscope.run(model, [layer], x, "basis,random:4", k=4, batch_size=16, progress=False)
+        pd.testing.assert_frame_equal(
+            together.topk[together.topk.layer == layer].reset_index(drop=True),
+            alone.topk.reset_index(drop=True),
+        )
+
+
+def test_same_seed_same_bits_and_seed_matters(tmp_path):
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    a = dirscope.run(
+        model, ["relu"], (x, y), "random:8,rotation:0.5", k=3, seed=7, out=str(tmp_path / "a"), progress=False
+    )
+    b = dirscope.run(
+        model, ["relu"], (x, y), "random:8,rotation:0.5", k=3, seed=7, out=str(tmp_path / "b"), progress=False
+    )
+    c = dirscope.run(model, ["relu"], (x, y), "random:8,rotation:0.5", k=3, seed=8, progress=False)
+    for name in ("topk.parquet", "stats.parquet", "directions/relu.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert not np.array_equal(a.vectors("relu"), c.vectors("relu"))
+    assert b.manifest["config"]["seed"] == 7
+
+
+def test_run_directory_format_and_round_trip(tmp_path):
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    res = dirscope.run(model, ["relu", "fc"], (x, y), "basis,random:3", k=4, out=str(tmp_path / "run"), progress=False)
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} >= {
+        "manifest.json",
+        "topk.parquet",
+        "stats.parquet",
+        "directions.parquet",
+        "examples.parquet",
+        "directions",
+        "figures",
+    }
+    topk = pd.read_parquet(out / "topk.parquet")
+    assert list(topk.columns)[:8] == [
+        "layer",
+        "direction",
+        "family",
+        "sign",
+        "rank",
+        "index",
+        "value",
+        "label",
+    ]
+    assert set(topk.sign) == {"max", "min"} and topk["rank"].max() == 3
+    assert len(topk) == 2 * 4 * (4 + 3 + 5 + 3)
+    assert np.load(out / "directions" / "relu.npy").shape == (7, 4)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n"] == {"relu": 60, "fc": 60} and manifest["config"]["pool"] == "max"
+    assert {"torch", "numpy", "dirscope"} <= set(manifest["versions"])
+    assert (out / "figures" / "relu-side-by-side.png").stat().st_size > 1000
+    loaded = Result.load(out)
+    pd.testing.assert_frame_equal(loaded.topk, res.topk)
+    pd.testing.assert_frame_equal(loaded.stats, res.stats)
+    assert set(loaded.images) == set(topk["index"])
+    np.testing.assert_array_equal(loaded.images[int(topk["index"][0])], res.images[int(topk["index"][0])])
+    assert "<img" in loaded._repr_html_()
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    model, (x, _) = TinyConv().eval(), tiny_data()
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(DirscopeError, match="not empty; pass --overwrite"):
+        dirscope.run(model, ["fc"], x, "basis", k=2, out=str(tmp_path), progress=False)
+    dirscope.run(model, ["fc", "relu"], x, "basis", k=2, out=str(tmp_path), overwrite=True, progress=False)
+    dirscope.run(model, ["fc"], x, "basis", k=2, out=str(tmp_path), overwrite=True, progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "directions" / "relu.npy").exists()  # stale files of the earlier run are gone
+    assert Result.load(tmp_path).layers == ["fc"]
+
+
+def test_limit_scans_a_prefix():
+    model, (x, _) = TinyConv().eval(), tiny_data()
+    res = dirscope.run(model, ["fc"], x, "basis", k=3, limit=25, batch_size=10, progress=False)
+    assert res.manifest["n"]["fc"] == 25 and res.topk["index"].max() < 25
+    full = dirscope.run(model, ["fc"], x[:25], "basis", k=3, progress=False)
+    pd.testing.assert_frame_equal(res.topk, full.topk)
+
+
+class NaNOnMarked(nn.Module):
+    """Emits NaN (or inf) features for inputs whose first value is negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+
+    def forward(self, x):
+        bad = x[:, 0] < 0
+        x = torch.where(bad[:, None], torch.full_like(x, float("nan")), x)
+        x[bad.nonzero().flatten()[::2], 1] = float("inf")
+        return self.feat(x)
+
+
+def test_nonfinite_rows_are_excluded_counted_and_named(capsys):
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    x[:, 0] = np.abs(x[:, 0])
+    x[[3, 17, 18], 0] = -1.0
+    res = dirscope.run(NaNOnMarked(), ["feat"], x, "basis,random:2", k=5, batch_size=8, progress=False)
+    layer = res.manifest["layers"][0]
+    assert layer["excluded_nonfinite"] == 3 and layer["first_excluded_rows"] == [3, 17, 18]
+    assert res.manifest["n"]["feat"] == 37
+    assert not set(res.topk["index"]) & {3, 17, 18}
+    assert "3 examples with NaN/inf activations excluded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layers": ["nope"]}, "unknown layer 'nope'"),
+        ({"directions": "bassis"}, "unknown direction family 'bassis'.*did you mean 'basis'"),
+        ({"k": 61}, "k=61 is larger than the 60 examples"),
+        ({"k": 0}, "k must be at least 1"),
+        ({"pool": "median"}, "unknown pooling"),
+        (
+            {"device": "cuda:0" if not torch.cuda.is_available() else "tpu"},
+            "CUDA is not available|unknown device",
+        ),
+        ({"data": np.zeros((5, 1, 3, 3), np.float32)}, "cannot take inputs of shape \\[1, 3, 3\\]"),
+        ({"data": np.zeros((0, 1, 6, 6), np.float32)}, "empty"),
+        ({"model": "no-such-model"}, "unknown model"),
+        ({"data": "no-such-data"}, "unknown data source"),
+    ],
+)
+def test_bad_input_is_one_clear_line(kwargs, message):
+    args = {"model": TinyConv(), "layers": ["fc"], "data": tiny_data()[0], "directions": "basis", "k": 3}
+    args.update(kwargs)
+    with pytest.raises(DirscopeError, match=message) as info:
+        dirscope.run(
+            args.pop("model"),
+            args.pop("layers"),
+            args.pop("data"),
+            args.pop("directions"),
+            args.pop("k"),
+            progress=False,
+            **args,
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_directions_file_of_wrong_dimension(tmp_path):
+    np.save(tmp_path / "d.npy", np.ones((2, 9), np.float32))
+    with pytest.raises(DirscopeError, match="dimension"):
+        dirscope.run(TinyConv(), ["fc"], tiny_data()[0], f"file:{tmp_path / 'd.npy'}", k=3, progress=False)
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DirscopeError, match=r"is a file|cannot write"):
+        dirscope.run(TinyConv(), ["fc"], tiny_data()[0], "basis", k=3, out=str(tmp_path / "file"), progress=False)
+    with pytest.raises(DirscopeError, match="cannot write"):
+        dirscope.run(
+            TinyConv(),
+            ["fc"],
+            tiny_data()[0],
+            "basis",
+            k=3,
+            out=str(tmp_path / "file" / "sub"),
+            progress=False,
+        )
+
+
+def test_one_shot_iterable_with_labels_and_pca():
+    x, y = tiny_data(90)
+    model = TinyConv().eval()
+
+    def batches():
+        for s in range(0, 90, 20):
+            yield torch.from_numpy(x[s : s + 20]), torch.from_numpy(y[s : s + 20])
+
+    res = dirscope.run(model, ["relu"], batches(), "basis", k=4, progress=False)
+    want = brute_topk(activations(model, x)["relu"].reshape(90, 4, -1).max(2), 4, True)
+    got = res.topk[res.topk.sign == "max"].sort_values(["direction", "rank"])
+    np.testing.assert_array_equal(got["label"].to_numpy().reshape(want.shape), y[want])
+    pca = dirscope.run(model, ["relu"], x, "pca:3", k=4, progress=False)
+    assert pca.manifest["layers"][0]["direction_info"]["pca:3"]["n_fit"] > 0
+
+
+def test_torch_dataset_input():
+    x, y = tiny_data()
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(x[i]), int(y[i])
+
+    a = dirscope.run(TinyConv(), ["fc"], DS(), "basis", k=3, batch_size=9, progress=False)
+    b = dirscope.run(TinyConv(), ["fc"], (x, y), "basis", k=3, batch_size=9, progress=False)
+    pd.testing.assert_frame_equal(a.topk, b.topk)
+
+
+def test_model_is_put_in_eval_mode():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.9))
+    model.train()
+    dirscope.run(model, ["1"], np.ones((10, 3), np.float32), "basis", k=2, progress=False)
+    assert not model.training
+
+
+def test_describe_layers():
+    infos = {i.name: i for i in dirscope.describe_layers(TinyConv(), input_shape=(1, 6, 6))}
+    assert infos["relu"].shape == (4, 6, 6) and infos["fc"].shape == (5,)
+    with pytest.raises(DirscopeError, match="input shape"):
+        dirscope.describe_layers(TinyConv())

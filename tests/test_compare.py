@@ -1,0 +1,324 @@
+"""The verdict statistics: calibration under H0 and H1, brute-force references, and the wording."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dirscope import compare
+from dirscope.compare import Comparison, cliffs_delta, compare_samples, conclusion, format_row, holm, to_record
+
+ALPHA = 0.05
+REPS = 1000  # per null distribution: the rejection rate's standard error is 0.7 points
+SIZES = [(10, 10), (10, 40), (25, 25), (60, 15), (200, 50), (100, 200)]
+MIN_NULL_COVERAGE = {"normal": 0.91, "purity": 0.91, "t3": 0.89, "lognormal": 0.875}
+
+
+def draw(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Score-like samples: symmetric, heavy-tailed, skewed, and label purity (k = 9) with many ties."""
+    if kind == "normal":
+        return rng.normal(size=n)
+    if kind == "t3":
+        return rng.standard_t(3, size=n)
+    if kind == "lognormal":
+        return rng.lognormal(0.0, 1.0, size=n)
+    return np.clip(rng.binomial(9, 0.35, size=n), 1, 9) / 9
+
+
+def covers(c: Comparison, value: float) -> bool:
+    return c.ci_low <= value <= c.ci_high
+
+
+# --- calibration --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["normal", "t3", "lognormal", "purity"])
+def test_null_rejects_at_alpha_and_ci_covers_zero(kind):
+    rejected = covered = 0
+    for i in range(REPS):
+        rng = np.random.default_rng([1, i])
+        n_a, n_b = SIZES[i % len(SIZES)]
+        c = compare_samples(draw(kind, rng, n_a), draw(kind, rng, n_b), rng=rng, n_boot=999, n_perm=999)
+        rejected += c.p_value <= ALPHA
+        covered += covers(c, 0.0)
+    # Exact under H0, so at most ALPHA + 3 standard errors; ties make it conservative (about 4% for purity).
+    assert 0.025 <= rejected / REPS <= 0.07
+    # Percentile intervals are narrow for small groups: about 91% at n = 10 for normal scores and 88-90% for
+    # skewed ones with a group of 10 to 15 (measured with 1500 repetitions), hence the per-kind lower bounds.
+    assert MIN_NULL_COVERAGE[kind] <= covered / REPS <= 0.97
+
+
+def test_power_against_a_shift_of_08_sd():
+    rejected = excluded = 0
+    reps = 200
+    for i in range(reps):
+        rng = np.random.default_rng([2, i])
+        c = compare_samples(rng.normal(0.8, 1.0, 50), rng.normal(0.0, 1.0, 50), rng=rng, n_boot=999, n_perm=999)
+        rejected += c.p_value <= ALPHA
+        excluded += c.ci_low > 0
+    assert rejected / reps > 0.9 and excluded / reps > 0.9
+
+
+def test_ci_covers_the_true_difference():
+    covered = 0
+    reps = 600
+    for i in range(reps):
+        rng = np.random.default_rng([3, i])
+        c = compare_samples(rng.normal(1.0, 1.0, 40), rng.normal(0.3, 2.0, 80), rng=rng, n_perm=1)
+        covered += covers(c, 0.7)
+    assert 0.92 <= covered / reps <= 0.975
+
+
+# --- permutation p against exact enumeration ----------------------------------------------------------------------
+
+
+def exact_p(x: np.ndarray, y: np.ndarray) -> float:
+    """The exact two-sided permutation p over all splits of the pooled sample."""
+    pooled = np.concatenate([x, y])
+    observed = abs(x.mean() - y.mean())
+    hits = 0
+    splits = list(itertools.combinations(range(pooled.size), x.size))
+    for chosen in splits:
+        mask = np.zeros(pooled.size, bool)
+        mask[list(chosen)] = True
+        hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-9
+    return hits / len(splits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", ["normal", "ties", "shifted"])
+def test_permutation_p_matches_exact_enumeration(kind, seed):
+    rng = np.random.default_rng([4, seed])
+    if kind == "ties":
+        x, y = rng.integers(0, 3, 5).astype(float), rng.integers(0, 3, 5).astype(float)
+    else:
+        x, y = rng.normal(1.5 if kind == "shifted" else 0.0, 1.0, 5), rng.normal(0.0, 1.0, 5)
+    n_perm = 20000
+    want = exact_p(x, y)
+    got = compare_samples(x, y, rng=rng, n_boot=1, n_perm=n_perm).p_value
+    assert abs(got - want) <= 4 * math.sqrt(want * (1 - want) / n_perm) + 2 / n_perm
+
+
+def test_identical_groups_give_p_one_and_zero_interval():
+    c = compare_samples(np.full(8, 0.5), np.full(12, 0.5), rng=np.random.default_rng(0), n_boot=50, n_perm=50)
+    assert c.effect == 0.0 and c.p_value == 1.0 and c.ci_low == c.ci_high == 0.0 and c.cliffs_delta == 0.0
+
+
+# --- Cliff's delta ------------------------------------------------------------------------------------------------
+
+
+def brute_cliffs(a: list[float], b: list[float]) -> float:
+    return float(np.mean([np.sign(x - y) for x in a for y in b]))
+
+
+samples = st.one_of(
+    st.lists(st.integers(-3, 3).map(float), min_size=1, max_size=40),  # many ties
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, samples)
+def test_cliffs_delta_matches_brute_force(a, b):
+    d = cliffs_delta(a, b)
+    assert d == pytest.approx(brute_cliffs(a, b), abs=1e-12)
+    assert -1.0 <= d <= 1.0
+    assert cliffs_delta(b, a) == pytest.approx(-d, abs=1e-12)
+
+
+def test_cliffs_delta_extremes_and_empty():
+    assert cliffs_delta([3, 4], [1, 2]) == 1.0 and cliffs_delta([1, 2], [3, 4]) == -1.0
+    assert math.isnan(cliffs_delta([], [1.0]))
+
+
+# --- Holm ---------------------------------------------------------------------------------------------------------
+
+
+def brute_holm(p: list[float]) -> list[float]:
+    """statsmodels' multipletests(method="holm"), pair by pair: max over p_j <= p_i of (m - rank_j) * p_j."""
+    present = [v for v in p if not math.isnan(v)]
+    m = len(present)
+    out = []
+    for pi in p:
+        if math.isnan(pi):
+            out.append(math.nan)
+            continue
+        factors = [(m - sum(q < pj for q in present)) * pj for pj in present if pj <= pi]
+        out.append(min(1.0, max(factors)))
+    return out
+
+
+def test_holm_hand_computed():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    got = holm([0.01, math.nan, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(got, [0.03, math.nan, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
+
+
+p_lists = st.lists(
+    st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.01, 0.05, math.nan])),  # ties and NaNs
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(p_lists)
+def test_holm_matches_brute_force_and_is_monotone(p):
+    got = holm(p)
+    np.testing.assert_allclose(got, brute_holm(p), rtol=1e-12)
+    raw = np.asarray(p, dtype=float)
+    ok = ~np.isnan(raw)
+    assert np.array_equal(np.isnan(got), ~ok)
+    order = np.argsort(raw[ok], kind="stable")
+    assert np.all(np.diff(got[ok][order]) >= 0)
+    assert np.all((got[ok] >= raw[ok]) & (got[ok] <= 1.0))
+
+
+def test_holm_agrees_with_the_step_down_procedure():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, size=rng.integers(1, 15))
+        alpha = rng.uniform(0.01, 0.1)
+        rejected = set()
+        for step, i in enumerate(np.argsort(p)):  # reject while p_(k) <= alpha / (m - k + 1)
+            if p[i] > alpha / (p.size - step):
+                break
+            rejected.add(int(i))
+        assert set(np.flatnonzero(holm(p) <= alpha).tolist()) == rejected
+
+
+def test_holm_empty_and_all_nan():
+    assert holm([]).shape == (0,)
+    assert np.isnan(holm([math.nan, math.nan])).all()
+
+
+# --- small samples, NaNs, seeding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("a", "b"), [([], [1.0, 2.0]), ([1.0], [1.0, 2.0, 3.0]), ([math.nan, math.nan], [1.0, 2.0])])
+def test_too_few_scores_give_nans_and_a_note(a, b):
+    c = compare_samples(a, b, rng=np.random.default_rng(0))
+    assert all(math.isnan(v) for v in (c.effect, c.ci_low, c.ci_high, c.p_value, c.cliffs_delta))
+    assert "too few scores" in c.note and c.mean_b == pytest.approx(np.mean(b))
+
+
+def test_nans_are_dropped_and_counted():
+    a = [0.9, math.nan, 0.8, 0.7, math.inf]
+    c = compare_samples(a, [0.1, 0.2, math.nan], rng=np.random.default_rng(0), n_boot=100, n_perm=100)
+    assert (c.n_a, c.n_b) == (3, 2) and c.mean_a == pytest.approx(0.8)
+    assert c.note == "dropped 3 NaN/inf scores: 2 from a, 1 from b"
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="1-D"):
+        compare_samples(np.zeros((2, 3)), [1.0, 2.0], rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n_boot"):
+        compare_samples([1.0, 2.0], [1.0, 2.0], rng=np.random.default_rng(0), n_boot=0)
+
+
+def test_same_seed_same_comparison():
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=30), rng.normal(0.3, 1.0, 45)
+    first = compare_samples(a, b, rng=np.random.default_rng(123))
+    assert compare_samples(a, b, rng=np.random.default_rng(123)) == first
+    assert compare_samples(a, b, rng=np.random.default_rng(124)) != first
+
+
+def test_working_in_blocks_changes_nothing(monkeypatch):
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(size=300), rng.normal(size=500)
+    whole = compare_samples(a, b, rng=np.random.default_rng(1))
+    monkeypatch.setattr(compare, "_CHUNK_ELEMENTS", 1000)  # many blocks; NumPy draws the same stream per row
+    assert compare_samples(a, b, rng=np.random.default_rng(1)) == whole
+
+
+def test_effect_is_not_flipped_when_lower_is_better():
+    c = compare_samples([1.0, 2.0, 3.0], [0.0, 0.5, 1.0], rng=np.random.default_rng(0), higher_is_better=False)
+    assert c.effect == pytest.approx(1.5) and not c.higher_is_better
+
+
+# --- records and words --------------------------------------------------------------------------------------------
+
+
+def comparison(effect, low, high, p=0.0004, higher_is_better=True, note=""):
+    return Comparison(effect, low, high, p, 0.5, 50, 50, 0.62 + effect, 0.62, higher_is_better, note)
+
+
+def record(metric, c, p_holm, family_b="random", sign="max"):
+    return to_record("fc1", metric, sign, "basis", family_b, c, p_holm)
+
+
+def test_record_keys_and_json_safety():
+    nan = math.nan
+    row = record("label_purity", Comparison(nan, nan, nan, nan, nan, 1, 0, 0.5, nan, True, "too few"), nan)
+    assert list(row) == [
+        *["layer", "metric", "sign", "family_a", "family_b", "effect", "ci_low", "ci_high", "p_value", "p_holm"],
+        *["n_a", "n_b", "cliffs_delta", "mean_a", "mean_b", "higher_is_better", "note"],
+    ]
+    assert json.loads(json.dumps(row, allow_nan=False))["effect"] is None and row["mean_a"] == 0.5
+
+
+def test_format_row():
+    c = comparison(0.19, 0.15, 0.23)
+    assert format_row(c, "label_purity", "basis", "random") == (
+        "label purity: units 0.81 vs random 0.62, difference +0.19 [95% CI +0.15, +0.23], p < 0.001"
+    )
+    narrow = Comparison(-0.0042, -0.0061, -0.0023, 0.012, -0.1, 40, 60, 0.5, 0.5042, True, "")
+    assert format_row(narrow, "kurtosis", "basis", "rotation:0.5").endswith(
+        "difference -0.004 [95% CI -0.006, -0.002], p = 0.012"
+    )
+
+
+def test_conclusion_more_less_none_mixed():
+    more = record("label_purity", comparison(0.19, 0.15, 0.23), 0.0004)
+    assert conclusion([more]) == (
+        "units more coherent than random directions (label_purity +0.19 [95% CI +0.15, +0.23], p_holm < 0.001)"
+    )
+    less = record("label_purity", comparison(-0.19, -0.23, -0.15), 0.0004)
+    assert conclusion([less]).startswith("units less coherent than random directions")
+    # lower-is-better metrics are oriented: a lower score is the more coherent one
+    entropy = record("entropy", comparison(-0.3, -0.4, -0.2, higher_is_better=False), 0.002)
+    assert conclusion([entropy]).startswith("units more coherent")
+    null = record("kurtosis", comparison(0.01, -0.03, 0.05, p=0.6), 0.62)
+    assert conclusion([null]) == (
+        "no detectable difference between units and random directions "
+        "(kurtosis +0.01 [95% CI -0.03, +0.05], p_holm = 0.620)"
+    )
+    assert conclusion([more, null]).endswith(
+        ", no detectable difference by kurtosis +0.01 [95% CI -0.03, +0.05], p_holm = 0.620"
+    )
+    assert conclusion([more, less]).startswith("mixed: units more coherent than random directions by label_purity")
+
+
+def test_conclusion_needs_both_holm_and_interval():
+    small_p_wide_ci = record("label_purity", comparison(0.1, -0.01, 0.2), 0.01)
+    excluded_ci_large_p = record("label_purity", comparison(0.1, 0.01, 0.2), 0.2)
+    for row in (small_p_wide_ci, excluded_ci_large_p):
+        assert conclusion([row]).startswith("no detectable difference")
+
+
+def test_conclusion_pairs_signs_missing_values_and_json_round_trip():
+    nan = math.nan
+    rows = [
+        record("label_purity", comparison(0.19, 0.15, 0.23), 0.0004, sign="max"),
+        record("label_purity", comparison(0.02, -0.01, 0.05), 0.4, sign="min"),
+        record(
+            "label_purity",
+            Comparison(nan, nan, nan, nan, nan, 64, 1, 0.7, 0.6, True, "too few scores"),
+            nan,
+            family_b="pca",
+        ),
+    ]
+    text = conclusion(json.loads(json.dumps(rows, allow_nan=False)))
+    assert text == (
+        "units more coherent than random directions (label_purity (max) +0.19 [95% CI +0.15, +0.23], p_holm < 0.001)"
+        ", no detectable difference by label_purity (min) +0.02 [95% CI -0.01, +0.05], p_holm = 0.400; "
+        "no detectable difference between units and pca directions (label_purity (max) n/a (too few scores))"
+    )
+    assert conclusion([]) == "no comparisons"

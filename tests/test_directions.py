@@ -417,3 +417,17 @@ def test_direction_set_bookkeeping(tmp_path: Path) -> None:
 def test_family_context_carries_the_layer() -> None:
     ctx = FamilyContext(dim=3, seed=0, layer="fc7")
     one_line_error("'fc7'", lambda: FAMILIES.build("basis:4", ctx=ctx))
+
+
+def test_sweep_expands_to_rotation_powers_of_one_fixed_rotation():
+    d = build_directions("sweep:6,rotation", dim=7, layer="l", seed=3)
+    alphas = ["0", "0.2", "0.4", "0.6", "0.8", "1"]
+    assert d.families() == [f"rotation:{a}" for a in alphas] + ["rotation"]
+    np.testing.assert_array_equal(d.vectors[d.rows("rotation:0")], np.eye(7, dtype=np.float32))
+    np.testing.assert_array_equal(d.vectors[d.rows("rotation:1")], d.vectors[d.rows("rotation")])
+    half = build_directions("rotation:0.4", dim=7, layer="l", seed=3)
+    np.testing.assert_array_equal(d.vectors[d.rows("rotation:0.4")], half.vectors)
+    with pytest.raises(DirscopeError, match="sweep"):
+        build_directions("sweep:1", dim=7, layer="l", seed=3)
+    with pytest.raises(DirscopeError, match="did you mean 'sweep'"):
+        build_directions("swep:3", dim=7, layer="l", seed=3)

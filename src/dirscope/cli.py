@@ -149,13 +149,14 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 def sources() -> None:
     """List every model source, data source and direction family that a spec string can name."""
     from .data import DATA
-    from .directions import FAMILIES
+    from .directions import EXPANSIONS, FAMILIES
     from .models import MODELS
 
     for title, registry in (
         ("models (--model)", MODELS),
         ("data (--data)", DATA),
         ("direction families (--directions)", FAMILIES),
+        ("direction shorthands (--directions)", EXPANSIONS),
     ):
         click.echo(f"{title}:")
         for entry in registry.entries():

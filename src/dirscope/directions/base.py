@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..registry import Registry
+from ..specs import Spec
 
 # A function that returns the activations a fitted family learns from: float32 [N, D].
 FitData = Callable[[], np.ndarray]
@@ -40,6 +41,9 @@ class FamilyContext:
 
 
 FAMILIES: Registry[FamilyBlock] = Registry("direction family")
+# Shorthands that stand for several family specs (e.g. ``sweep:6``), expanded before any seed is derived,
+# so their blocks draw exactly as the specs they stand for.
+EXPANSIONS: Registry[list[Spec]] = Registry("direction family")
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DirscopeError
 from ..seeding import derive_seed
 from ..specs import Spec, parse_spec, parse_spec_list, suggest
-from .base import FAMILIES, FamilyBlock, FamilyContext, FitData
+from .base import EXPANSIONS, FAMILIES, FamilyBlock, FamilyContext, FitData
 
 
 @dataclass
@@ -55,9 +55,7 @@ class DirectionSet:
         """One dict per direction, for the run's metadata table."""
         return [
             {"direction": i, "family": f, "member": int(m), "unit": int(u), "spec": s}
-            for i, (f, m, u, s) in enumerate(
-                zip(self.family, self.member, self.unit, self.specs, strict=True)
-            )
+            for i, (f, m, u, s) in enumerate(zip(self.family, self.member, self.unit, self.specs, strict=True))
         ]
 
 
@@ -73,6 +71,18 @@ def _once(fit_data: FitData | None) -> FitData | None:
         return cache[0]
 
     return fetch
+
+
+def _expand(spec: Spec) -> list[Spec]:
+    """A shorthand such as ``sweep:6`` as the specs it stands for; any other spec as itself."""
+    if spec.name in EXPANSIONS:
+        return EXPANSIONS.build(spec)
+    if spec.name not in FAMILIES:
+        known = FAMILIES.names() + EXPANSIONS.names()
+        raise DirscopeError(
+            f"unknown direction family {str(spec)!r}{suggest(spec.name, known)} (known: {', '.join(sorted(known))})"
+        )
+    return [spec]
 
 
 def _check_block(block: FamilyBlock, spec: str, dim: int) -> None:
@@ -109,6 +119,7 @@ def build_directions(
     )
     if not parsed:
         raise DirscopeError("empty direction family list; give at least one, e.g. 'basis,random:64'")
+    parsed = [part for spec in parsed for part in _expand(spec)]
     for spec in parsed:
         FAMILIES.entry(spec)  # a typo in the last spec fails before an expensive fit
     fetch = _once(fit_data)

@@ -28,9 +28,7 @@ def load_direction_file(path: Path, *, dim: int, layer: str) -> np.ndarray:
             f"direction file {name} is not a readable .npy ({reason}); write it with numpy.save"
         ) from None
     if not isinstance(array, np.ndarray):
-        raise DirscopeError(
-            f"direction file {name} is an .npz archive; save one [K, D] array with numpy.save"
-        )
+        raise DirscopeError(f"direction file {name} is an .npz archive; save one [K, D] array with numpy.save")
     if array.dtype.kind not in "iuf":
         raise DirscopeError(f"direction file {name} holds {array.dtype} values; give real numbers")
     if array.ndim == 1:
@@ -53,15 +51,11 @@ def load_direction_file(path: Path, *, dim: int, layer: str) -> np.ndarray:
     scale = np.abs(array).max(axis=1)
     zero = np.flatnonzero(scale == 0.0)
     if len(zero):
-        raise DirscopeError(
-            f"direction file {name} has all-zero rows {_rows_text(zero)}; a direction needs a length"
-        )
+        raise DirscopeError(f"direction file {name} has all-zero rows {_rows_text(zero)}; a direction needs a length")
     return array / scale[:, None]  # so the norm neither overflows nor underflows
 
 
-@FAMILIES.register(
-    "file", help="directions from a .npy of shape [K, D] or [D], rows normalised", takes_arg=True
-)
+@FAMILIES.register("file", help="directions from a .npy of shape [K, D] or [D], rows normalised", takes_arg=True)
 def build(arg: str | None, *, ctx: FamilyContext) -> FamilyBlock:
     """Rows are normalised, so only each row's direction matters and scores compare across families."""
     path = Path(arg or "").expanduser()

@@ -82,9 +82,7 @@ def fractional_power(q: np.ndarray, alpha: float) -> np.ndarray:
 def _parse_alpha(arg: str) -> float:
     alpha = parse_float(arg, "rotation:ALPHA")
     if not 0.0 <= alpha <= 1.0:
-        raise DirscopeError(
-            f"rotation:ALPHA needs 0 <= ALPHA <= 1 (0 = the units, 1 = the full rotation), got {arg!r}"
-        )
+        raise DirscopeError(f"rotation:ALPHA needs 0 <= ALPHA <= 1 (0 = the units, 1 = the full rotation), got {arg!r}")
     return alpha + 0.0  # turns -0.0 into 0.0
 
 

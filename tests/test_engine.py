@@ -160,7 +160,11 @@ def test_run_directory_format_and_round_trip(tmp_path):
     loaded = Result.load(out)
     pd.testing.assert_frame_equal(loaded.topk, res.topk)
     pd.testing.assert_frame_equal(loaded.stats, res.stats)
-    assert set(loaded.images) == set(topk["index"])
+    null = pd.read_parquet(out / "null.parquet")
+    assert sorted(null["index"]) == list(range(60))  # the null sample holds every row of a small dataset
+    np.testing.assert_array_equal(null["label"].to_numpy(), y)
+    assert manifest["data"]["label_counts"] == {str(c): int((y == c).sum()) for c in np.unique(y)}
+    assert set(loaded.images) == set(topk["index"]) | set(null["index"])
     np.testing.assert_array_equal(loaded.images[int(topk["index"][0])], res.images[int(topk["index"][0])])
     assert "<img" in loaded._repr_html_()
 
@@ -175,6 +179,16 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "directions" / "relu.npy").exists()  # stale files of the earlier run are gone
     assert Result.load(tmp_path).layers == ["fc"]
+
+
+def test_null_sample_is_seeded_uniform_and_within_the_limit():
+    model, (x, _) = TinyConv().eval(), tiny_data(200)
+    a = dirscope.run(model, ["fc"], x, "basis", k=2, null_sample=50, limit=150, batch_size=32, progress=False)
+    b = dirscope.run(model, ["fc"], x, "basis", k=2, null_sample=50, limit=150, batch_size=32, progress=False)
+    rows = a.null["index"].to_numpy()
+    assert len(rows) == 50 and len(set(rows)) == 50 and rows.max() < 150
+    np.testing.assert_array_equal(rows, b.null["index"].to_numpy())
+    assert a.null["label"].isna().all()
 
 
 def test_limit_scans_a_prefix():

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from dirscope.tally import NonFiniteValues, Tally
+from dirscope.tally import NonFiniteValues, Reservoir, Tally
 
 
 def brute_top(values: np.ndarray, indices: np.ndarray, k: int, descending: bool) -> np.ndarray:
@@ -183,3 +183,22 @@ def test_memory_does_not_grow_with_rows():
     for start in range(0, 100_000, 10_000):
         tally.update(rng.normal(size=(4, 10_000)).astype(np.float32), np.arange(start, start + 10_000))
     assert sum(v.nbytes for v in tally.state_dict().values()) == before
+
+
+def test_reservoir_is_uniform_and_seeded():
+    """Every row of a stream is kept with probability size/N, whatever the block sizes."""
+    hits = np.zeros(100)
+    for seed in range(2000):
+        res = Reservoir(10, np.random.default_rng(seed))
+        for start, stop in ((0, 7), (7, 40), (40, 41), (41, 100)):
+            res.update(np.arange(start, stop))
+        rows = res.result()
+        assert len(set(rows)) == 10
+        hits[rows] += 1
+    freq = hits / 2000
+    assert abs(freq.mean() - 0.1) < 1e-12
+    assert np.abs(freq - 0.1).max() < 0.035  # about 5 standard errors of a binomial(2000, 0.1) share
+    first, second = Reservoir(10, np.random.default_rng(1)), Reservoir(10, np.random.default_rng(1))
+    first.update(np.arange(100))
+    second.update(np.arange(100))
+    np.testing.assert_array_equal(first.result(), second.result())

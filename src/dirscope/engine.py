@@ -23,7 +23,7 @@ from .models import LoadedModel, load_model
 from .project import POOLS, feature_axis, finite_rows, positions, project
 from .result import Result
 from .seeding import numpy_rng
-from .tally import NonFiniteValues, Tally
+from .tally import NonFiniteValues, Reservoir, Tally
 
 # Rows of per-position activations kept for fitting learned families (e.g. PCA) on a spatial layer.
 FIT_ROW_BUDGET = 200_000
@@ -43,6 +43,7 @@ class RunConfig:
     device: str = "cpu"
     bins: int = 64
     fit_samples: int = 10_000
+    null_sample: int = 1_000
 
     def check(self) -> None:
         if self.k < 1:
@@ -53,9 +54,32 @@ class RunConfig:
             raise DirscopeError(f"unknown pooling {self.pool!r}; use one of {', '.join(POOLS)}")
         if self.limit is not None and self.limit < 1:
             raise DirscopeError(f"--limit must be at least 1, got {self.limit}")
+        if self.null_sample < 0:
+            raise DirscopeError(f"--null-sample must be >= 0, got {self.null_sample}")
         if self.bins < 2:
             raise DirscopeError(f"--bins must be at least 2, got {self.bins}")
         check_device(self.device)
+
+
+@dataclass
+class ScanLog:
+    """What the pass learns about the data itself: label counts and a seeded null sample of rows."""
+
+    null: Reservoir
+    label_counts: dict[int, int] = field(default_factory=dict)
+    unlabelled: int = 0
+
+    def add(self, idx: np.ndarray, y: np.ndarray | None) -> None:
+        self.null.update(idx)
+        if y is None:
+            self.unlabelled += idx.size
+            return
+        labels, counts = np.unique(y, return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            if label < 0:
+                self.unlabelled += count
+            else:
+                self.label_counts[label] = self.label_counts.get(label, 0) + count
 
 
 @dataclass
@@ -102,6 +126,7 @@ def run(
     device: str = "cpu",
     bins: int = 64,
     fit_samples: int = 10_000,
+    null_sample: int = 1_000,
     out: str | None = None,
     overwrite: bool = False,
     figures: bool = True,
@@ -112,9 +137,10 @@ def run(
     ``model``: a spec (``mnist-cnn``, ``python:mod:fn``, ``torchscript:PATH``) or an ``nn.Module``.
     ``data``: a spec (``mnist``, ``npz:PATH``, ``folder:PATH``), a torch Dataset, arrays, or batches.
     ``directions``: families joined by commas, e.g. ``basis,random:64,rotation,pca:16``.
+    ``null_sample`` rows are drawn uniformly (seeded) as the null population that scores compare against.
     With ``out``, the run directory is written there (see the README for its format).
     """
-    config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples)
+    config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample)
     config.check()
     from .rundir import prepare_out, write_run
 
@@ -125,8 +151,8 @@ def run(
     n_rows = _rows_to_scan(source, config)
     names = resolve_layers(loaded.module, [layers] if isinstance(layers, str) else list(layers))
     plans = _plan_layers(loaded, source, names, config)
-    _scan(loaded, source, plans, config, n_rows, progress)
-    result = _build_result(loaded, source, plans, config, started)
+    log = _scan(loaded, source, plans, config, n_rows, progress)
+    result = _build_result(loaded, source, plans, config, log, started)
     if out_dir is not None:
         write_run(result, out_dir, figures=figures)
     return result
@@ -238,17 +264,19 @@ def _scan(
     config: RunConfig,
     n_rows: int | None,
     progress: bool,
-) -> None:
+) -> ScanLog:
     """The one pass: forward each batch, project every layer's activations, fold them into its tally."""
     bar = tqdm(total=n_rows, unit="img", unit_scale=True, disable=not progress, desc="scanning", file=sys.stderr)
     limit = config.limit
+    log = ScanLog(Reservoir(config.null_sample, numpy_rng(config.seed, "null-sample")))
     with bar, Capture(loaded.module, [p.name for p in plans]) as capture, torch.inference_mode():
         for batch in source.batches(config.batch_size):
-            x, idx = batch.x, batch.indices
+            x, idx, y = batch.x, batch.indices, batch.y
             if limit is not None and idx[-1] >= limit:
                 keep = idx < limit
-                x, idx = x[torch.from_numpy(keep)], idx[keep]
+                x, idx, y = x[torch.from_numpy(keep)], idx[keep], None if y is None else y[keep]
             if idx.size:
+                log.add(idx, y)
                 acts = capture.run(x.to(config.device, non_blocking=True))
                 for plan in plans:
                     _fold(plan, acts[plan.name], idx, config.pool)
@@ -261,6 +289,7 @@ def _scan(
                 f"layer {plan.name!r}: only {plan.tally.count} examples had finite activations, fewer than "
                 f"k={config.k}; lower --k or check the data"
             )
+    return log
 
 
 def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> None:
@@ -284,15 +313,17 @@ def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> Non
 
 
 def _build_result(
-    loaded: LoadedModel, source: DataSource, plans: list[LayerPlan], config: RunConfig, started: float
+    loaded: LoadedModel, source: DataSource, plans: list[LayerPlan], config: RunConfig, log: ScanLog, started: float
 ) -> Result:
     results = {p.name: p.tally.result() for p in plans}
-    indices = np.unique(
-        np.concatenate([np.concatenate([r.top_indices.ravel(), r.bottom_indices.ravel()]) for r in results.values()])
-    )
+    null_rows = log.null.result()
+    named = [null_rows] + [np.concatenate([r.top_indices.ravel(), r.bottom_indices.ravel()]) for r in results.values()]
+    indices = np.unique(np.concatenate(named))
     labels = source.labels_at(indices)
     images = source.images_at(indices)
     manifest = _manifest(loaded, source, plans, config, started)
+    manifest["data"]["label_counts"] = {str(k): v for k, v in sorted(log.label_counts.items())} or None
+    manifest["data"]["unlabelled_rows"] = log.unlabelled
     for plan in plans:
         if plan.excluded:
             print(
@@ -308,6 +339,7 @@ def _build_result(
         labels=labels,
         label_names=source.label_names or loaded.label_names,
         images=images,
+        null_rows=null_rows,
     )
 
 

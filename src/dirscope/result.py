@@ -30,6 +30,8 @@ class Result:
     ``stats``: one row per layer and direction with count, mean, std, var, skew, kurtosis, min, max,
     zeros, zero_fraction and an exact histogram (hist_start, hist_width, hist_counts).
     ``directions``: layer, direction, family, member, unit, spec; ``vectors(layer)`` gives the [K, D] matrix.
+    ``null``: index, label of a seeded uniform sample of the scanned rows, the population scores compare with.
+    ``images``: display images by dataset index, for every row in ``topk`` and ``null`` (when image-like).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Result:
         directions: pd.DataFrame,
         vectors: Mapping[str, np.ndarray],
         images: Mapping[int, np.ndarray] | None = None,
+        null: pd.DataFrame | None = None,
         path: Path | None = None,
     ) -> None:
         self.manifest = manifest
@@ -48,6 +51,9 @@ class Result:
         self.directions = directions
         self._vectors = dict(vectors)
         self.images = dict(images or {})
+        self.null = (
+            null if null is not None else pd.DataFrame({"index": pd.array([], "int64"), "label": pd.array([], "Int64")})
+        )
         self.path = path
 
     # ---- construction -------------------------------------------------------------------------------
@@ -61,6 +67,7 @@ class Result:
         labels: np.ndarray | None,
         label_names: Sequence[str] | None,
         images: Sequence[np.ndarray] | None,
+        null_rows: np.ndarray | None = None,
     ) -> Result:
         """Assemble the tables from finished tallies; labels and images are given for ``indices``."""
         lookup = (indices, labels) if labels is not None else None
@@ -77,7 +84,9 @@ class Result:
         vectors = {layer: d.vectors for layer, d in directions.items()}
         pictures = dict(zip(indices.tolist(), images, strict=True)) if images is not None else {}
         pictures = {i: img for i, img in pictures.items() if img is not None}
-        return cls(manifest, topk, stats, meta, vectors, pictures)
+        rows = np.asarray(null_rows if null_rows is not None else [], np.int64)
+        null = pd.DataFrame({"index": rows, "label": _labels_of(rows, lookup)})
+        return cls(manifest, topk, stats, meta, vectors, pictures, null)
 
     @classmethod
     def load(cls, path: str | Path) -> Result:

@@ -6,7 +6,8 @@
     topk.parquet           layer, direction, family, sign, rank, index, value, label, label_name
     stats.parquet          per layer and direction: count, mean, std, var, skew, kurtosis, min, max,
                            zeros, zero_fraction, hist_start, hist_width, hist_counts
-    examples.parquet       index, label, png (the display image of every row in topk.parquet)
+    null.parquet           index, label: a seeded uniform sample of the scanned rows (the null population)
+    examples.parquet       index, label, png: the display image of every row in topk.parquet and null.parquet
     figures/*.png          Szegedy-style grids
 
 manifest.json is written last, so a directory with a manifest is complete.
@@ -29,7 +30,14 @@ from .errors import DirscopeError
 from .figures import safe_name, write_figures
 from .result import Result, png_bytes
 
-RUN_FILES = ("manifest.json", "topk.parquet", "stats.parquet", "directions.parquet", "examples.parquet")
+RUN_FILES = (
+    "manifest.json",
+    "topk.parquet",
+    "stats.parquet",
+    "directions.parquet",
+    "null.parquet",
+    "examples.parquet",
+)
 RUN_DIRS = ("directions", "figures")
 
 
@@ -57,8 +65,6 @@ def _remove_stale(out: Path, keep: set[Path]) -> None:
         for path in (out / name).glob("*") if (out / name).is_dir() else []:
             if path not in keep and path.suffix in (".npy", ".png"):
                 path.unlink()
-    if (out / "examples.parquet").exists() and out / "examples.parquet" not in keep:
-        (out / "examples.parquet").unlink()
 
 
 def write_run(result: Result, out: Path, figures: bool = True) -> None:
@@ -74,9 +80,10 @@ def write_run(result: Result, out: Path, figures: bool = True) -> None:
     _write_parquet(out / "directions.parquet", result.directions)
     _write_parquet(out / "topk.parquet", result.topk)
     _write_parquet(out / "stats.parquet", result.stats)
+    _write_parquet(out / "null.parquet", result.null)
     _write_parquet(out / "examples.parquet", _examples_table(result))
     figure_files = write_figures(result, out / "figures") if figures else []
-    _remove_stale(out, {out / f for f in layer_files.values()} | set(figure_files) | {out / "examples.parquet"})
+    _remove_stale(out, {out / f for f in layer_files.values()} | set(figure_files))
     manifest = dict(result.manifest)
     for layer in manifest["layers"]:
         layer["directions_file"] = layer_files[layer["name"]]
@@ -92,7 +99,8 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 
 def _examples_table(result: Result) -> pd.DataFrame:
-    labels = result.topk.drop_duplicates("index").set_index("index")["label"]
+    rows = pd.concat([result.topk[["index", "label"]], result.null])
+    labels = rows.drop_duplicates("index").set_index("index")["label"]
     indices = sorted(result.images)
     return pd.DataFrame(
         {
@@ -125,5 +133,6 @@ def read_run(path: Path) -> Result:
         directions=pd.read_parquet(path / "directions.parquet"),
         vectors=vectors,
         images=images,
+        null=pd.read_parquet(path / "null.parquet"),
         path=path,
     )

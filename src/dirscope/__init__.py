@@ -18,9 +18,10 @@ _LAZY = {
     "run": ("engine", "run"),
     "describe_layers": ("engine", "describe_layers"),
     "Result": ("result", "Result"),
+    "score": ("assess", "assess"),
     "DirscopeError": ("errors", "DirscopeError"),
 }
-__all__ = ["DirscopeError", "Result", "__version__", "describe_layers", "load", "run"]
+__all__ = ["DirscopeError", "Result", "__version__", "describe_layers", "load", "run", "score"]
 
 
 def __getattr__(name: str) -> Any:

@@ -68,7 +68,15 @@ def cli() -> None:
     type=int,
     help="Examples sampled (seeded) to fit learned families such as pca.",
 )
+@click.option(
+    "--null-sample",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Rows sampled (seeded) as the null population that scores are compared against.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--score", "then_score", is_flag=True, help="Score the run afterwards, as `dirscope score` does.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG grids.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -99,8 +107,11 @@ def run(**opts: object) -> None:
         overwrite=opts["overwrite"],
         figures=not opts["no_figures"],
         progress=not opts["quiet"],
+        null_sample=opts["null_sample"],
     )
     _print_summary(result, time.perf_counter() - start)
+    if opts["then_score"]:
+        _score_and_print(result, plots=not opts["no_figures"])
 
 
 def _print_summary(result, seconds: float) -> None:
@@ -143,6 +154,61 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise DirscopeError(f"--input-shape must be positive integers like 3,224,224, got {text!r}")
     return shape
+
+
+@cli.command(context_settings=_SETTINGS)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Score only these metrics (repeat); default: all that apply. "
+    "Coherence: label_purity, label_entropy, embedding_coherence, attribute_coherence; label-free: "
+    "kurtosis, zero_fraction, near_zero_fraction, selectivity.",
+)
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    help="Embedding for embedding_coherence (repeat): pixels, or MODEL@LAYER such as mnist-mlp@fc2. "
+    "Default: pixels plus, for built-in models, the other built-in architecture.",
+)
+@click.option("--compare", "pairs", multiple=True, help="Also compare two families, as A:B (e.g. pca:random).")
+@click.option("--data", default=None, help="Data spec for reference inputs, if not the one in the manifest.")
+@click.option("--null-draws", default=2000, show_default=True, type=int, help="Random k-subsets per null model.")
+@click.option("--n-boot", default=2000, show_default=True, type=int, help="Bootstrap resamples per CI.")
+@click.option("--n-perm", default=10000, show_default=True, type=int, help="Permutations per test.")
+@click.option("--seed", default=None, type=int, help="Seed for nulls and tests (default: the run's seed).")
+@click.option("--device", default="cpu", show_default=True, help="Device for reference models.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def score(run_dir: Path, **opts: object) -> None:
+    """Score every direction of RUN_DIR against null models and compare units with the other families.
+
+    Prints a short table per layer and a one-line conclusion, and writes scores.parquet, verdict.json and
+    plots (figures/scores-*.png, sweep.png, profile.png) into RUN_DIR.
+    """
+    from .result import Result
+
+    _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
+
+
+def _score_and_print(result, plots: bool = True, **opts: object) -> None:
+    from .verdict import summary_lines
+
+    pairs = []
+    for text in opts.pop("pairs", ()) or ():
+        a, sep, b = str(text).partition(":")
+        if not sep or not a or not b:
+            raise DirscopeError(f"--compare takes two families as A:B, got {text!r}")
+        pairs.append((a, b))
+    opts["metrics"] = list(opts["metrics"]) or None if "metrics" in opts else None
+    opts["references"] = list(opts["references"]) or None if "references" in opts else None
+    verdict = result.score(compare=pairs, plots=plots, **opts)
+    for line in summary_lines(verdict):
+        click.echo(line)
+    click.echo(
+        f"wrote {result.path / 'verdict.json'} and scores.parquet in {verdict.settings['scoring_seconds']:.1f} s"
+    )
 
 
 @cli.command(context_settings=_SETTINGS)

@@ -118,6 +118,16 @@ def _bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np
     )
 
 
+def mean_ci(values: ArrayLike, *, rng: np.random.Generator, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean of the finite values with its percentile bootstrap 95% CI (NaNs when fewer than 2 values)."""
+    x, _ = _finite(values, "values")
+    if x.size < 2:
+        return _mean(x), math.nan, math.nan
+    tail = (1.0 - CONFIDENCE) / 2.0
+    low, high = np.quantile(_bootstrap_means(x, n_boot, rng), [tail, 1.0 - tail])
+    return _mean(x), float(low), float(high)
+
+
 def _bootstrap_ci(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(x) - mean(y), resampling each group on its own.
 

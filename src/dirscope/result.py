@@ -51,6 +51,8 @@ class Result:
         self.directions = directions
         self._vectors = dict(vectors)
         self.images = dict(images or {})
+        self.verdict = None  # set by score(): a dirscope.verdict.Verdict
+        self.scores: pd.DataFrame | None = None
         self.null = (
             null if null is not None else pd.DataFrame({"index": pd.array([], "int64"), "label": pd.array([], "Int64")})
         )
@@ -135,6 +137,12 @@ class Result:
     def _check_layer(self, layer: str) -> None:
         if layer not in self.layers:
             raise DirscopeError(f"this run has no layer {layer!r}; it has {', '.join(self.layers)}")
+
+    def score(self, **options: Any):
+        """Scores against null models and the family comparisons; see ``dirscope.assess.assess``."""
+        from .assess import assess
+
+        return assess(self, **options)
 
     # ---- pictures -----------------------------------------------------------------------------------
     def figure(

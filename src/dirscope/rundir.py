@@ -70,7 +70,8 @@ def _remove_stale(out: Path, keep: set[Path]) -> None:
 def write_run(result: Result, out: Path, figures: bool = True) -> None:
     """Write every file of the run directory. An earlier manifest is removed first and the new one is
     written last, so the directory counts as complete only when all of it is."""
-    (out / "manifest.json").unlink(missing_ok=True)
+    for stale in ("manifest.json", "verdict.json", "scores.parquet"):  # scores of an earlier run no longer apply
+        (out / stale).unlink(missing_ok=True)
     layer_files = {}
     for layer in result.layers:
         name = f"directions/{safe_name(layer)}.npy"

@@ -1,0 +1,63 @@
+"""`dirscope score`: scores, verdict and plots of a run directory, written beside the run's own files.
+
+scores.parquet   layer, direction, family, sign, metric, score, z, percentile, degenerate
+verdict.json     format, settings, notices, conclusions {layer: text}, comparisons [records]
+figures/         scores-<layer>.png, sweep.png, profile.png, <layer>-{most,least}-coherent-<family>.png
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path, write_json
+from .errors import DirscopeError
+from .result import Result
+from .scoring import score_run
+from .verdict import Verdict, judge
+
+
+def assess(
+    run: Result | str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    references: Sequence[str] | None = None,
+    compare: Sequence[tuple[str, str]] = (),
+    data: object = None,
+    null_draws: int = 2000,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int | None = None,
+    device: str = "cpu",
+    plots: bool = True,
+) -> Verdict:
+    """Score every direction of a run, compare the families, and (for a saved run) write the results."""
+    result = run if isinstance(run, Result) else Result.load(run)
+    if null_draws < 2 or n_boot < 1 or n_perm < 1:
+        raise DirscopeError("--null-draws must be >= 2 and --n-boot, --n-perm >= 1")
+    seed = int(result.manifest["config"]["seed"] if seed is None else seed)
+    start = time.perf_counter()
+    scores = score_run(
+        result, metrics=metrics, references=references, data=data, null_draws=null_draws, seed=seed, device=device
+    )
+    verdict = judge(scores, pairs=compare, seed=seed, n_boot=n_boot, n_perm=n_perm)
+    verdict.settings.update(null_draws=null_draws, scoring_seconds=round(time.perf_counter() - start, 3))
+    result.verdict, result.scores = verdict, scores.table
+    if result.path is not None:
+        _write(result, scores, verdict, plots)
+    return verdict
+
+
+def _write(result: Result, scores, verdict: Verdict, plots: bool) -> None:
+    from .plots import write_plots
+
+    out = result.path
+    with atomic_path(out / "scores.parquet") as tmp:
+        pq.write_table(pa.Table.from_pandas(scores.table, preserve_index=False), tmp)
+    files = [str(p.relative_to(out)) for p in write_plots(result, scores, verdict, out / "figures")] if plots else []
+    verdict.settings["figures"] = files
+    write_json(out / "verdict.json", verdict.to_json())

@@ -1,0 +1,76 @@
+"""Reference embeddings for ``embedding_coherence``: an independent network's view of the examples.
+
+A reference is ``pixels`` (the display images, a weak baseline), or ``SPEC@LAYER`` for any model spec
+and layer (e.g. ``mnist-mlp@fc2``). The built-in networks are each other's default references: trained
+separately, with a different seed and architecture, so their agreement is not the scanned model's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .capture import Capture, resolve_layers
+from .data import DataSource, load_data
+from .errors import DirscopeError
+from .models import load_model
+from .project import feature_axis, positions
+
+PIXELS = "pixels"
+# For each built-in model: an independent reference (other architecture, trained separately).
+DEFAULT_REFERENCES = {
+    "mnist-cnn": "mnist-mlp@fc2",
+    "mnist-mlp": "mnist-cnn@fc1",
+    "fashion-cnn": "fashion-mlp@fc2",
+    "fashion-mlp": "fashion-cnn@fc1",
+}
+PIXEL_SIDE = 32  # images of differing sizes are resized to this square for the pixel baseline
+
+
+def default_references(model_spec: str) -> list[str]:
+    """The pixel baseline plus, for a built-in model, its independent reference network."""
+    other = DEFAULT_REFERENCES.get(model_spec.split(":")[0])
+    return [PIXELS] + ([other] if other else [])
+
+
+def pixel_embeddings(images: Mapping[int, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Flattened display images [P, H*W*C] in [0, 1]; differing sizes are resized to a common square."""
+    missing = [int(r) for r in rows if int(r) not in images]
+    if missing:
+        raise DirscopeError(f"the run has no image for rows {missing[:5]}; the pixel reference needs image data")
+    picked = [images[int(r)] for r in rows]
+    if len({img.shape for img in picked}) > 1:
+        picked = [_square(img) for img in picked]
+    return np.stack([img.reshape(-1) for img in picked]).astype(np.float32) / 255.0
+
+
+def _square(image: np.ndarray) -> np.ndarray:
+    rgb = Image.fromarray(image).convert("RGB")
+    return np.asarray(rgb.resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BILINEAR))
+
+
+def model_embeddings(
+    reference: str, rows: np.ndarray, data: object, device: str = "cpu", batch_size: int = 256
+) -> np.ndarray:
+    """Activations [P, D] of a reference ``SPEC@LAYER`` for dataset ``rows`` (mean over positions)."""
+    spec, _, layer = reference.rpartition("@") if "@" in reference else (reference, "", "")
+    loaded = load_model(spec, device)
+    if not layer:
+        builtin = {v.split("@")[0]: v.split("@")[1] for v in DEFAULT_REFERENCES.values()}
+        layer = builtin.get(spec, "")
+        if not layer:
+            raise DirscopeError(f"give the reference layer as {spec}@LAYER (see `dirscope layers {spec}`)")
+    resolve_layers(loaded.module, [layer])
+    source = data if isinstance(data, DataSource) else load_data(data, preprocess=loaded.preprocess)
+    chunks = []
+    with Capture(loaded.module, [layer]) as capture, torch.inference_mode():
+        for batch in source.batches(batch_size, np.sort(rows)):
+            act = capture.run(batch.x.to(device))[layer].float()
+            chunks.append(positions(act, feature_axis(tuple(act.shape[1:]))).mean(dim=2).cpu().numpy())
+    out = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    if len(out) != len(rows):
+        raise DirscopeError(f"the data gave {len(out)} of the {len(rows)} rows the reference needs; is it the same?")
+    return out[np.argsort(np.argsort(rows))]

@@ -1,0 +1,300 @@
+"""Coherence scores of every direction's top-k and bottom-k sets, each against its null model.
+
+The pool is every row named by the run's top-k lists plus its null sample. Each metric scores all sets
+of a layer at once; its null is the same score over random k-subsets of the dataset (exact class counts
+for label metrics, the null sample otherwise). Label-free statistics come from the run's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import DirscopeError
+from .metrics import (
+    METRICS,
+    Metric,
+    NotGlyphImages,
+    NullCache,
+    NullSummary,
+    against_null,
+    degenerate,
+    direction_statistics,
+    get_metric,
+    glyph_attributes,
+    null_summary,
+    reference_std,
+)
+from .result import Result
+from .seeding import numpy_rng
+
+SIGNS = ("max", "min")
+LABEL_FREE = ("kurtosis", "zero_fraction", "near_zero_fraction", "selectivity")
+# Orientation of the label-free statistics: which end marks a privileged, unit-like direction.
+LABEL_FREE_HIGHER = {"kurtosis": True, "zero_fraction": True, "near_zero_fraction": True, "selectivity": True}
+COLUMNS = ["layer", "direction", "family", "sign", "metric", "score", "z", "percentile", "degenerate"]
+
+
+@dataclass
+class Scores:
+    """The long scores table and what scoring could not do.
+
+    ``table`` has one row per (layer, direction, sign, metric): ``sign`` is ``max``/``min`` for the top-k/
+    bottom-k set, ``all`` for whole-dataset statistics; ``z`` and ``percentile`` place the score in its null
+    (NaN where there is none); ``degenerate`` marks sets whose k values are all tied.
+    """
+
+    table: pd.DataFrame
+    higher_is_better: dict[str, bool]
+    kinds: dict[str, str]  # metric -> "coherence" or "basis-statistic"
+    references: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pool:
+    """Rows the sets draw from: every top-k/bottom-k row plus the null sample, with what metrics read."""
+
+    rows: np.ndarray  # sorted dataset indices
+    null_positions: np.ndarray
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def positions(self, indices: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.rows, indices)
+
+    def population(self, keys: Sequence[str], constants: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        out = {key: self.data[key][self.null_positions] for key in keys}
+        out.update({key: self.data[key] for key in constants})
+        return out
+
+
+def score_run(
+    result: Result,
+    *,
+    metrics: Sequence[str] | None = None,
+    references: Sequence[str] | None = None,
+    data: object = None,
+    null_draws: int = 2000,
+    seed: int | None = None,
+    device: str = "cpu",
+) -> Scores:
+    """Score every set of a run. ``references`` default to the pixel baseline plus, for built-in models,
+    an independent reference network; ``data`` overrides the manifest's data spec for reference inputs."""
+    from .references import default_references
+
+    seed = int(result.manifest["config"]["seed"] if seed is None else seed)
+    wanted = list(metrics) if metrics is not None else METRICS.names()
+    for name in wanted:
+        if name not in LABEL_FREE:
+            METRICS.entry(name)
+    refs = list(references) if references is not None else default_references(result.manifest["model"]["spec"])
+    pool = _pool(result)
+    notices: list[str] = []
+    scored = _gather_pool_data(result, pool, wanted, refs, data, device, notices, strict=references is not None)
+    frames, higher, kinds = [], {}, {}
+    cache = NullCache()
+    counts = _label_counts(result)
+    for label, metric in scored:
+        frames.append(_score_metric(result, pool, label, metric, counts, null_draws, seed, cache))
+        higher[label], kinds[label] = metric.higher_is_better, "coherence"
+    stats = [name for name in wanted if name in LABEL_FREE] if metrics is not None else list(LABEL_FREE)
+    if stats:
+        frames.append(_label_free(result, stats))
+        higher.update({s: LABEL_FREE_HIGHER[s] for s in stats})
+        kinds.update(dict.fromkeys(stats, "basis-statistic"))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    return Scores(table[COLUMNS], higher, kinds, [label for label, _ in scored if ":" in label], notices)
+
+
+def _pool(result: Result) -> Pool:
+    if result.null.empty:
+        raise DirscopeError("the run has no null sample (null.parquet is empty); run it again with --null-sample > 0")
+    null_rows = result.null["index"].to_numpy(np.int64)
+    rows = np.unique(np.concatenate([result.topk["index"].to_numpy(np.int64), null_rows]))
+    pool = Pool(rows, np.searchsorted(rows, null_rows))
+    labels = pd.concat([result.topk[["index", "label"]], result.null]).drop_duplicates("index").set_index("index")
+    pool.data["labels"] = labels["label"].reindex(rows).fillna(-1).to_numpy(np.int64)
+    return pool
+
+
+def _gather_pool_data(
+    result: Result,
+    pool: Pool,
+    wanted: list[str],
+    refs: list[str],
+    data: object,
+    device: str,
+    notices: list[str],
+    strict: bool,
+) -> list[tuple[str, Metric]]:
+    """Fill the pool with what the wanted metrics read; returns (label, metric) pairs that can run.
+
+    A default reference that cannot run is skipped with a notice; one the user named (``strict``) fails.
+    """
+    from .references import PIXELS, model_embeddings, pixel_embeddings
+
+    scored: list[tuple[str, Metric]] = []
+    for name in wanted:
+        if name in LABEL_FREE:
+            continue
+        metric = get_metric(name)
+        if "labels" in metric.needs:
+            if result.manifest["data"].get("label_counts") is None:
+                notices.append(f"{name}: skipped, the data has no labels")
+                continue
+            scored.append((name, metric))
+        elif "embeddings" in metric.needs:
+            for ref in refs:
+                key = f"embeddings:{ref}"
+                try:
+                    if ref == PIXELS:
+                        pool.data[key] = pixel_embeddings(result.images, pool.rows)
+                    else:
+                        pool.data[key] = model_embeddings(ref, pool.rows, _data_for(result, data), device)
+                except DirscopeError as exc:
+                    if strict:
+                        raise DirscopeError(f"reference {ref!r}: {exc}") from None
+                    notices.append(f"{name}:{ref}: skipped, {exc}")
+                    continue
+                scored.append((f"{name}:{ref}", _renamed(metric, "embeddings", key)))
+        elif "attributes" in metric.needs:
+            try:
+                attrs = glyph_attributes([result.images[int(r)] for r in pool.rows])
+            except (NotGlyphImages, KeyError) as exc:
+                reason = "the run has no images" if isinstance(exc, KeyError) else str(exc)
+                notices.append(f"{name}: skipped, {reason} (glyph attributes need grayscale 2-D images)")
+                continue
+            pool.data["attributes"] = attrs
+            pool.data["attribute_std"] = reference_std(attrs[pool.null_positions])
+            scored.append((name, metric))
+        else:
+            notices.append(f"{name}: skipped, dirscope cannot gather {', '.join(metric.needs)} for it")
+    return scored
+
+
+def _data_for(result: Result, data: object) -> object:
+    if data is not None:
+        return data
+    spec = result.manifest["data"].get("spec", "")
+    if not spec or spec.startswith("<"):
+        raise DirscopeError("the run's data was a Python object; pass data= to score with a reference model")
+    return spec
+
+
+def _renamed(metric: Metric, old: str, new: str) -> Metric:
+    """The same metric reading pool key ``new`` instead of ``old`` (one embedding per reference)."""
+    score_sets = metric.score_sets
+
+    def score(sets: np.ndarray, pool: dict[str, np.ndarray]) -> np.ndarray:
+        return score_sets(sets, {**pool, old: pool[new]})
+
+    needs = tuple(new if n == old else n for n in metric.needs)
+    return Metric(
+        metric.name, metric.help, needs, score, metric.higher_is_better, metric.min_k, metric.constants, metric.null
+    )
+
+
+def _label_counts(result: Result) -> dict[int, int] | None:
+    counts = result.manifest["data"].get("label_counts")
+    return {int(k): int(v) for k, v in counts.items()} if counts else None
+
+
+def _score_metric(
+    result: Result,
+    pool: Pool,
+    label: str,
+    metric: Metric,
+    counts: dict[int, int] | None,
+    draws: int,
+    seed: int,
+    cache: NullCache,
+) -> pd.DataFrame:
+    frames = []
+    for (layer, sign), group in result.topk.groupby(["layer", "sign"], sort=False):
+        group = group.sort_values(["direction", "rank"])
+        directions = group["direction"].to_numpy()[:: _k_of(group)]
+        k = _k_of(group)
+        sets = pool.positions(group["index"].to_numpy(np.int64)).reshape(-1, k)
+        values = group["value"].to_numpy().reshape(-1, k)
+        scores = _masked_scores(metric, sets, pool)
+        null = _null(metric, label, k, pool, counts, draws, seed, cache)
+        z, pct = against_null(scores, null)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "direction": directions,
+                    "family": group["family"].to_numpy()[::k],
+                    "sign": sign,
+                    "metric": label,
+                    "score": scores,
+                    "z": z,
+                    "percentile": pct,
+                    "degenerate": degenerate(values),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _k_of(group: pd.DataFrame) -> int:
+    return int(group["rank"].max()) + 1
+
+
+def _masked_scores(metric: Metric, sets: np.ndarray, pool: Pool) -> np.ndarray:
+    """Scores, NaN for sets holding a row the metric cannot read (an unlabelled example)."""
+    usable = np.ones(len(sets), bool)
+    if "labels" in metric.needs:
+        usable = (pool.data["labels"][sets] >= 0).all(axis=1)
+    out = np.full(len(sets), np.nan)
+    if usable.any():
+        out[usable] = metric.score(sets[usable], pool.data)
+    return out
+
+
+def _null(
+    metric: Metric,
+    label: str,
+    k: int,
+    pool: Pool,
+    counts: dict[int, int] | None,
+    draws: int,
+    seed: int,
+    cache: NullCache,
+) -> NullSummary:
+    population = pool.population(metric.needs, metric.constants) if metric.null == "pool" else None
+    return null_summary(
+        metric,
+        k,
+        numpy_rng(seed, "null", label, str(k)),
+        population=population,
+        label_counts=counts,
+        draws=draws,
+        cache=cache,
+        fingerprint=f"{label}/{k}",
+    )
+
+
+def _label_free(result: Result, names: Sequence[str]) -> pd.DataFrame:
+    per_direction = direction_statistics(result.stats, result.topk)
+    frames = []
+    for name in names:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": per_direction["layer"],
+                    "direction": per_direction["direction"],
+                    "family": per_direction["family"],
+                    "sign": "max" if name == "selectivity" else "all",
+                    "metric": name,
+                    "score": per_direction[name].to_numpy(np.float64),
+                    "z": np.nan,
+                    "percentile": np.nan,
+                    "degenerate": ~np.isfinite(per_direction[name].to_numpy(np.float64)),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,131 @@
+"""The verdict: per layer and metric, units against every other family, with CIs, p-values and Holm.
+
+verdict.json holds one record per comparison (keys ``layer, metric, sign, family_a, family_b, effect,
+ci_low, ci_high, p_value, p_holm, n_a, n_b`` and more, see the README) and a plain-language conclusion
+per layer, drawn from the coherence metrics of the top-k sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .compare import compare_samples, conclusion, format_row, holm, to_record
+from .errors import DirscopeError
+from .scoring import Scores
+from .seeding import numpy_rng
+
+ALPHA = 0.05
+VERDICT_FORMAT = "dirscope-verdict/1"
+
+
+@dataclass
+class Verdict:
+    """Every comparison (``records``, as in verdict.json) and one conclusion per layer."""
+
+    records: list[dict[str, Any]]
+    conclusions: dict[str, str]
+    notices: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": VERDICT_FORMAT,
+            "settings": self.settings,
+            "notices": self.notices,
+            "conclusions": self.conclusions,
+            "comparisons": self.records,
+        }
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records)
+
+
+def family_pairs(families: Sequence[str], extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Units against every other family present, then the pairs a user names (both must be present)."""
+    pairs = [("basis", f) for f in families if f != "basis"] if "basis" in families else []
+    for a, b in extra:
+        missing = [f for f in (a, b) if f not in families]
+        if missing:
+            raise DirscopeError(
+                f"--compare {a}:{b}: no family {missing[0]!r} in this run (have: {', '.join(families)})"
+            )
+        if (a, b) not in pairs:
+            pairs.append((a, b))
+    return pairs
+
+
+def judge(
+    scores: Scores,
+    *,
+    pairs: Iterable[tuple[str, str]] = (),
+    seed: int = 0,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    alpha: float = ALPHA,
+) -> Verdict:
+    """Compare families on every metric at every layer; Holm-adjust across all comparisons of the run."""
+    table = scores.table
+    pairs = list(pairs)
+    records, p_values = [], []
+    for (layer, metric, sign), group in table.groupby(["layer", "metric", "sign"], sort=False):
+        usable = group[~group["degenerate"]]
+        families = list(dict.fromkeys(group["family"]))
+        for a, b in family_pairs(families, pairs):
+            comp = compare_samples(
+                usable.loc[usable.family == a, "score"].to_numpy(),
+                usable.loc[usable.family == b, "score"].to_numpy(),
+                rng=numpy_rng(seed, "compare", str(layer), metric, sign, a, b),
+                n_boot=n_boot,
+                n_perm=n_perm,
+                higher_is_better=scores.higher_is_better[metric],
+            )
+            excluded = {f: int((group.family == f).sum() - (usable.family == f).sum()) for f in (a, b)}
+            records.append((layer, metric, sign, a, b, comp, excluded))
+            p_values.append(comp.p_value)
+    adjusted = holm(np.asarray(p_values, dtype=np.float64)) if p_values else np.zeros(0)
+    out = []
+    for (layer, metric, sign, a, b, comp, excluded), p_holm in zip(records, adjusted, strict=True):
+        rec = to_record(str(layer), metric, sign, a, b, comp, float(p_holm))
+        rec.update(
+            kind=scores.kinds[metric],
+            excluded_a=excluded[a],
+            excluded_b=excluded[b],
+            row=format_row(comp, metric, a, b),
+        )
+        out.append(rec)
+    conclusions = {
+        layer: _layer_conclusion([r for r in out if r["layer"] == layer], alpha)
+        for layer in dict.fromkeys(str(x) for x in table["layer"])
+    }
+    settings = {
+        "seed": seed,
+        "n_boot": n_boot,
+        "n_perm": n_perm,
+        "alpha": alpha,
+        "references": scores.references,
+        "holm_family": "all comparisons of the run (layers, metrics, signs, family pairs)",
+    }
+    return Verdict(out, conclusions, list(scores.notices), settings)
+
+
+def _layer_conclusion(records: list[dict[str, Any]], alpha: float) -> str:
+    coherence = [r for r in records if r["kind"] == "coherence" and r["sign"] == "max"]
+    return conclusion(coherence, alpha) if coherence else "no coherence metric could be computed"
+
+
+def summary_lines(verdict: Verdict, sign: str = "max") -> list[str]:
+    """The printed report: per layer, a table line per comparison of the top-k sets, then the conclusion."""
+    lines = []
+    for layer, text in verdict.conclusions.items():
+        lines.append(f"{layer}:")
+        for rec in verdict.records:
+            if rec["layer"] == layer and rec["sign"] in (sign, "all"):
+                lines.append(f"  {rec['row']}")
+        lines.append(f"  => {text}")
+    lines += [f"note: {n}" for n in verdict.notices]
+    return lines

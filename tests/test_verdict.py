@@ -1,0 +1,197 @@
+"""Scores and the verdict end to end: brute-force checks, and calibration on layers built to be (not) privileged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import dirscope
+from dirscope.directions import haar_rotation
+from dirscope.errors import DirscopeError
+from dirscope.metrics import glyph_attributes
+
+
+def planted(n: int, dim: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose units each detect one class (dim classes), under Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, dim, n)
+    f = rng.normal(scale=noise, size=(n, dim))
+    f[np.arange(n), y] += 2.0
+    return f.astype(np.float32), y
+
+
+def linear_layer(weight: np.ndarray) -> nn.Module:
+    """A model whose layer "0" is exactly weight @ f, with no nonlinearity."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+    return nn.Sequential(layer)
+
+
+def basis_vs_random(model: nn.Module, data, seed: int) -> dict:
+    res = dirscope.run(model, ["0"], data, "basis,random:24", k=9, seed=seed, progress=False, null_sample=300)
+    verdict = res.score(metrics=["label_purity"], null_draws=200, n_boot=300, n_perm=999, plots=False)
+    (record,) = [r for r in verdict.records if r["sign"] == "max" and r["family_b"] == "random"]
+    return record
+
+
+def test_rotated_planted_layer_rejects_at_about_alpha():
+    """The layer is an exact random rotation of planted features: its units are random directions of f, so
+    units vs random must reject at about the nominal 5%."""
+    rejections = 0
+    seeds = range(60)
+    for seed in seeds:
+        f, y = planted(400, 24, seed)
+        rotation = haar_rotation(24, np.random.default_rng(10_000 + seed))
+        record = basis_vs_random(linear_layer(rotation), (f, y), seed)
+        rejections += record["p_value"] < 0.05 and record["ci_low"] * record["ci_high"] > 0
+    assert rejections / len(seeds) <= 0.12  # 5% nominal; P(>= 8 of 60 | p = 0.05) is about 3%
+
+
+def test_planted_privileged_layer_is_detected():
+    detected = 0
+    for seed in range(15):
+        f, y = planted(400, 24, seed)
+        record = basis_vs_random(linear_layer(np.eye(24)), (f, y), seed)
+        detected += record["p_value"] < 0.05 and record["ci_low"] > 0
+    assert detected >= 14
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    x = (rng.random((300, 1, 8, 8)) * 120).astype(np.uint8)
+    for i, label in enumerate(y):  # a class-dependent bright bar, so images carry glyph-like structure
+        x[i, 0, 2 * label : 2 * label + 2, :] = 255
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU())
+    torch.manual_seed(0)
+    res = dirscope.run(
+        model, ["1", "2"], (x, y), "basis,random:5,rotation", k=7, out=str(out), progress=False, null_sample=120
+    )
+    verdict = dirscope.score(out, null_draws=300, n_boot=200, n_perm=500)
+    return out, res, verdict, x, y
+
+
+def test_scores_match_brute_force(scored_run):
+    out, res, _verdict, x, y = scored_run
+    scores = pd.read_parquet(out / "scores.parquet")
+    topk = res.topk
+    for layer, direction in (("1", 0), ("2", 3), ("2", 7)):
+        rows = topk[(topk.layer == layer) & (topk.direction == direction) & (topk.sign == "max")].sort_values("rank")
+        labels = y[rows["index"].to_numpy()]
+        purity = np.bincount(labels).max() / len(labels)
+        got = scores[(scores.layer == layer) & (scores.direction == direction) & (scores.sign == "max")]
+        assert got.loc[got.metric == "label_purity", "score"].item() == pytest.approx(purity)
+        pixels = x[rows["index"].to_numpy()].reshape(7, -1).astype(np.float64) / 255
+        unit = pixels / np.linalg.norm(pixels, axis=1, keepdims=True)
+        cos = unit @ unit.T
+        mean_pair = (cos.sum() - 7) / (7 * 6)
+        assert got.loc[got.metric == "embedding_coherence:pixels", "score"].item() == pytest.approx(mean_pair)
+        attrs = glyph_attributes([x[i, 0] for i in rows["index"]])
+        null_attrs = glyph_attributes([x[i, 0] for i in res.null["index"]])
+        ref = null_attrs.std(axis=0, ddof=1)
+        ok = ref > 0
+        expected = 1 - np.mean(attrs.std(axis=0, ddof=1)[ok] / ref[ok])
+        assert got.loc[got.metric == "attribute_coherence", "score"].item() == pytest.approx(expected)
+
+
+def test_null_z_scores_are_consistent(scored_run):
+    out = scored_run[0]
+    scores = pd.read_parquet(out / "scores.parquet")
+    purity = scores[(scores.metric == "label_purity") & scores.z.notna()]
+    # z = (s - mean) / std with one null per (metric, k): the map from score to z is one increasing line.
+    fit = np.polyfit(purity["score"], purity["z"], 1)
+    assert fit[0] > 0
+    np.testing.assert_allclose(np.polyval(fit, purity["score"]), purity["z"], atol=1e-9)
+    # A set of one class scores far above a random subset's purity.
+    assert purity["z"].max() > 2
+
+
+def test_dead_unit_sets_are_flagged_and_excluded(scored_run):
+    out, res, verdict, _x, _y = scored_run
+    scores = pd.read_parquet(out / "scores.parquet")
+    mins = res.topk[(res.topk.layer == "2") & (res.topk.sign == "min")]
+    tied = mins.groupby("direction")["value"].nunique() == 1  # ReLU units: bottom-7 all zero
+    flagged = scores[(scores.layer == "2") & (scores.sign == "min") & (scores.metric == "label_purity")]
+    np.testing.assert_array_equal(flagged.set_index("direction")["degenerate"].sort_index(), tied.sort_index())
+    record = next(
+        r
+        for r in verdict.records
+        if r["layer"] == "2" and r["sign"] == "min" and r["metric"] == "label_purity" and r["family_b"] == "random"
+    )
+    assert record["excluded_a"] == int(tied[:6].sum())
+    assert record["n_a"] == 6 - record["excluded_a"]
+
+
+def test_verdict_json_format(scored_run):
+    out, _res, verdict, _x, _y = scored_run
+    data = json.loads((out / "verdict.json").read_text())
+    assert data["format"] == "dirscope-verdict/1" and set(data["conclusions"]) == {"1", "2"}
+    keys = {"layer", "metric", "family_a", "family_b", "effect", "ci_low", "ci_high", "p_value", "p_holm", "n_a", "n_b"}
+    for rec in data["comparisons"]:
+        assert keys <= set(rec)
+        assert rec["p_holm"] is None or rec["p_holm"] >= rec["p_value"]
+    pairs = {(r["family_a"], r["family_b"]) for r in data["comparisons"]}
+    assert pairs == {("basis", "random"), ("basis", "rotation")}
+    assert (out / "figures" / "scores-2.png").stat().st_size > 5000
+    assert (out / "figures" / "profile.png").exists()
+    assert any("most-coherent-basis" in f for f in data["settings"]["figures"])
+    assert verdict.conclusions["2"] == data["conclusions"]["2"]
+
+
+def test_holm_is_applied_across_the_whole_run(scored_run):
+    _out, _res, verdict, _x, _y = scored_run
+    from dirscope.compare import holm
+
+    p = np.array([r["p_value"] for r in verdict.records], dtype=float)  # None (no test) becomes NaN
+    np.testing.assert_allclose(holm(p), np.array([r["p_holm"] for r in verdict.records], dtype=float))
+
+
+def test_sweep_and_layer_profile_plots(tmp_path):
+    f, y = planted(300, 12, 0)
+    dirscope.run(
+        linear_layer(np.eye(12)),
+        ["0"],
+        (f, y),
+        "basis,random:12,sweep:3",
+        k=5,
+        out=str(tmp_path / "s"),
+        progress=False,
+        null_sample=100,
+    )
+    verdict = dirscope.score(tmp_path / "s", metrics=["label_purity"], null_draws=100, n_boot=100, n_perm=200)
+    assert (tmp_path / "s" / "figures" / "sweep.png").stat().st_size > 5000
+    families = {r["family_b"] for r in verdict.records}
+    assert {"rotation:0", "rotation:0.5", "rotation:1", "random"} <= families
+
+
+def test_label_metrics_are_skipped_without_labels(tmp_path):
+    x = np.random.default_rng(0).normal(size=(80, 5)).astype(np.float32)
+    res = dirscope.run(nn.Sequential(nn.Linear(5, 5)), ["0"], x, "basis,random:5", k=4, progress=False)
+    verdict = res.score(null_draws=50, n_boot=50, n_perm=50, plots=False)
+    assert any("label_purity: skipped, the data has no labels" in n for n in verdict.notices)
+    assert {r["metric"] for r in verdict.records} >= {"kurtosis", "zero_fraction"}
+
+
+def test_bad_scoring_input(tmp_path, scored_run):
+    out = scored_run[0]
+    with pytest.raises(DirscopeError, match="unknown metric 'purity'"):
+        dirscope.score(out, metrics=["purity"])
+    with pytest.raises(DirscopeError, match="--compare pca:random: no family 'pca'"):
+        dirscope.score(out, compare=[("pca", "random")], null_draws=20, n_boot=20, n_perm=20, plots=False)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "manifest.json").write_text((out / "manifest.json").read_text())
+    with pytest.raises(DirscopeError, match=r"incomplete: missing topk\.parquet"):
+        dirscope.score(tmp_path / "half")
+    x, y = scored_run[3], scored_run[4]
+    with pytest.raises(DirscopeError, match=r"reference 'mnist-cnn@fc1': .*cannot take inputs of shape \[1, 8, 8\]"):
+        dirscope.score(out, references=["mnist-cnn@fc1"], metrics=["embedding_coherence"], data=(x, y), plots=False)
+    with pytest.raises(DirscopeError, match="pass data="):
+        dirscope.score(out, references=["mnist-cnn@fc1"], metrics=["embedding_coherence"], plots=False)

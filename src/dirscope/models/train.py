@@ -29,6 +29,7 @@ from .nets import ARCHITECTURES
 
 TensorData = tuple[torch.Tensor, torch.Tensor]
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,14 @@ class TrainRecipe:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9)
     seed: int = 0
     threads: int = 2  # CPU kernels may sum in a different order with another thread count
     shift: int = 0  # augmentation: translate each example by up to this many pixels
     schedule: str = "cosine"  # "cosine" decays the learning rate to 0 over all steps; or "constant"
+    # Give every unit's incoming weights zero mean at init. On non-negative inputs (post-ReLU features) a unit
+    # whose random weights sum below zero starts, and often stays, dead; centring removes that bias.
+    centred_init: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "threads"):
@@ -52,8 +56,8 @@ class TrainRecipe:
                 raise DirscopeError(f"training {name} must be >= 1, got {getattr(self, name)}")
         if self.shift < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise DirscopeError("training needs shift >= 0, lr > 0 and weight_decay >= 0")
-        if self.optimizer != "adam":
-            raise DirscopeError(f"unknown optimizer {self.optimizer!r}; the recipe supports 'adam'")
+        if self.optimizer not in OPTIMIZERS:
+            raise DirscopeError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise DirscopeError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
 
@@ -61,11 +65,14 @@ class TrainRecipe:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+# SGD with momentum and centred init leave almost no dead ReLU units; Adam left about half of fc1 dead, which
+# would make many "units" constant and their top-k sets meaningless.
+_SGD = {"optimizer": "sgd", "lr": 0.02, "centred_init": True}
 RECIPES: dict[str, TrainRecipe] = {
-    "mnist-cnn": TrainRecipe("MnistCNN", epochs=20, shift=2),
-    "mnist-mlp": TrainRecipe("MnistMLP", epochs=40, shift=1),
-    "fashion-cnn": TrainRecipe("MnistCNN", epochs=8),
-    "fashion-mlp": TrainRecipe("MnistMLP", epochs=20),
+    "mnist-cnn": TrainRecipe("MnistCNN", epochs=20, shift=2, **_SGD),
+    "mnist-mlp": TrainRecipe("MnistMLP", epochs=40, shift=1, **_SGD),
+    "fashion-cnn": TrainRecipe("MnistCNN", epochs=8, **_SGD),
+    "fashion-mlp": TrainRecipe("MnistMLP", epochs=20, **_SGD),
 }
 
 
@@ -94,7 +101,14 @@ def init_module(recipe: TrainRecipe) -> nn.Module:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(recipe.seed, "init"))
-        return arch()
+        module = arch()
+    if recipe.centred_init:
+        with torch.no_grad():
+            for layer in module.modules():
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    weights = layer.weight.view(layer.weight.shape[0], -1)
+                    weights -= weights.mean(dim=1, keepdim=True)
+    return module
 
 
 def gather(data: DataSource | TensorData, batch_size: int = 1024) -> TensorData:
@@ -152,8 +166,11 @@ def train_model(
 
 
 def _fit(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: TrainRecipe, progress: bool) -> float:
-    """The training loop: Adam on shuffled minibatches; returns the mean loss of the last epoch."""
-    optimizer = torch.optim.Adam(module.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    """The training loop on shuffled minibatches; returns the mean loss of the last epoch."""
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(module.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(module.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     order_rng = torch_generator(recipe.seed, "shuffle")
     shift_rng = torch_generator(recipe.seed, "shift")
     steps = recipe.epochs * -(-len(y) // recipe.batch_size)

@@ -215,3 +215,34 @@ def test_installed_entry_point_exit_status(tmp_path):
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model 'x'"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_with_score_prints_a_verdict(project, capsys):
+    code, out, err = run_cli(
+        [
+            "run",
+            "--model",
+            "python:tinymodel:build",
+            "--layer",
+            "head",
+            "--data",
+            "npz:data.npz",
+            "--directions",
+            "basis,random:6",
+            "--k",
+            "5",
+            "--out",
+            "runs/s",
+            "--quiet",
+            "--score",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "label purity: units" in out and "=> " in out
+    assert (project / "runs/s/verdict.json").exists() and (project / "runs/s/scores.parquet").exists()
+    code, out, err = run_cli(["score", "runs/s", "--metric", "kurtosis", "--no-plots", "--n-perm", "200"], capsys)
+    assert code == 0, err
+    assert "kurtosis: units" in out and "label purity" not in out
+    code, _, err = run_cli(["score", "runs/s", "--compare", "basis"], capsys)
+    assert code == 2 and "A:B" in err

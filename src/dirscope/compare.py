@@ -268,12 +268,24 @@ def _pair_conclusion(rows: list[Mapping[str, Any]], alpha: float, several_signs:
     if better and worse:
         return f"mixed: {a} more coherent than {b} by {'; '.join(better)}, but less by {'; '.join(worse)}"
     if not (better or worse):
-        return f"no detectable difference between {a} and {b} ({'; '.join(neither)})"
+        return f"no detectable difference between {a} and {b} ({_quiet(rows, several_signs)})"
     word = "more" if better else "less"
     clause = f"{a} {word} coherent than {b} ({'; '.join(better or worse)})"
     if neither:
-        clause += f", no detectable difference by {'; '.join(neither)}"
+        quiet = [row for row in rows if _verdict(row, alpha) == 0]
+        clause += f", no detectable difference by {_quiet(quiet, several_signs)}"
     return clause
+
+
+def _quiet(rows: list[Mapping[str, Any]], several_signs: bool) -> str:
+    """The metrics without a detectable difference, in short: their names and the smallest Holm p."""
+    names = ", ".join(
+        dict.fromkeys(f"{row['metric']} ({row.get('sign')})" if several_signs else str(row["metric"]) for row in rows)
+    )
+    finite = [p for p in (_float(row.get("p_holm")) for row in rows) if not math.isnan(p)]
+    if finite:
+        return f"{names}: smallest p_holm {_p_text(min(finite))}"
+    return f"{names}: n/a, {rows[0].get('note') or 'not computed'}"
 
 
 def _verdict(row: Mapping[str, Any], alpha: float) -> int:

@@ -1,4 +1,4 @@
-"""`make demo`: Szegedy et al. section 3 on the built-in data, units against random directions."""
+"""`make demo`: Szegedy et al. section 3 on the built-in data, units against random directions, then the verdict."""
 
 from __future__ import annotations
 
@@ -36,9 +36,13 @@ def run_demo(out: Path, progress: bool = True) -> list[Path]:
         side = [result.path / f for f in result.manifest["figures"] if f.endswith("side-by-side.png")]
         figures += side
         click.echo(f"  {result.manifest['n'][LAYERS[0]]} examples scanned in {result.manifest['wall_time_s']:.1f} s")
+        verdict = result.score()
+        click.echo(f"  scored in {verdict.settings['scoring_seconds']:.1f} s; verdict per layer (top-9 sets):")
+        for layer, text in verdict.conclusions.items():
+            click.echo(f"    {layer}: {text}")
     click.echo("\nSzegedy-style figures (units left, random directions right):")
     for path in figures:
         click.echo(f"  {path}")
-    click.echo(f"all outputs: {out}/*/ (manifest.json, topk.parquet, stats.parquet, figures/)")
+    click.echo(f"all outputs: {out}/*/ (manifest.json, topk.parquet, stats.parquet, verdict.json, figures/)")
     sys.stdout.flush()
     return figures

@@ -22,6 +22,7 @@ from .errors import DirscopeError
 from .models import LoadedModel, load_model
 from .project import POOLS, feature_axis, finite_rows, positions, project
 from .result import Result
+from .rundir import RUN_FORMAT
 from .seeding import numpy_rng
 from .tally import NonFiniteValues, Reservoir, Tally
 
@@ -350,7 +351,7 @@ def _manifest(
     import pyarrow
 
     return {
-        "format": "dirscope-run/1",
+        "format": RUN_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"spec": loaded.spec, **({"info": loaded.info} if loaded.info else {})},
         "data": source.describe(),

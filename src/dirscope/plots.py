@@ -72,6 +72,8 @@ def distributions(scores: Scores, layer: str, seed: int) -> Figure:
         ax.set_xticks(
             range(len(families)), [f.replace("basis", "units") for f in families], rotation=30, ha="right", fontsize=8
         )
+        if metric == "kurtosis":
+            ax.set_yscale("log")  # heavy-tailed units reach hundreds; a Gaussian direction sits at 3
         better = "higher" if scores.higher_is_better[metric] else "lower"
         ax.set_title(f"{metric}\n({better} = more {_meaning(scores, metric)})", fontsize=9)
     for ax in axes[len(metrics) :]:

@@ -167,13 +167,12 @@ class Result:
             f"k={self.manifest['config']['k']}</p>"
         ]
         for layer in self.layers:
-            if not self.images:
-                break
-            png = to_png(side_by_side_figure(self, layer, n=4))
-            parts.append(
-                f"<p><b>{html.escape(layer)}</b></p><img src='data:image/png;base64,"
-                f"{base64.b64encode(png).decode()}' style='max-width:100%'/>"
-            )
+            parts.append(f"<p><b>{html.escape(layer)}</b></p>")
+            if self.images:
+                png = base64.b64encode(to_png(side_by_side_figure(self, layer, n=4))).decode()
+                parts.append(f"<img src='data:image/png;base64,{png}' style='max-width:100%'/>")
+            if self.verdict is not None:
+                parts.append(f"<p>verdict: {html.escape(self.verdict.conclusions.get(layer, ''))}</p>")
         parts.append(
             self.stats.groupby(["layer", "family"], sort=False)[["kurtosis", "zero_fraction"]]
             .mean()

@@ -39,6 +39,7 @@ RUN_FILES = (
     "examples.parquet",
 )
 RUN_DIRS = ("directions", "figures")
+RUN_FORMAT = "dirscope-run/1"
 
 
 def prepare_out(out: str | Path, overwrite: bool) -> Path:
@@ -117,6 +118,10 @@ def read_run(path: Path) -> Result:
     if not (path / "manifest.json").is_file():
         raise DirscopeError(f"{path} is not a complete dirscope run (no manifest.json); run `dirscope run` first")
     manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("format") != RUN_FORMAT:
+        raise DirscopeError(
+            f"{path} holds a run of format {manifest.get('format')!r}, not {RUN_FORMAT!r}; run it again"
+        )
     missing = [n for n in RUN_FILES[1:] if not (path / n).is_file()]
     if missing:
         raise DirscopeError(f"run {path} is incomplete: missing {', '.join(missing)}; run it again")
@@ -127,7 +132,7 @@ def read_run(path: Path) -> Result:
     images = {
         int(i): np.asarray(Image.open(io.BytesIO(b))) for i, b in zip(examples["index"], examples["png"], strict=True)
     }
-    return Result(
+    result = Result(
         manifest=manifest,
         topk=pd.read_parquet(path / "topk.parquet"),
         stats=pd.read_parquet(path / "stats.parquet"),
@@ -137,3 +142,10 @@ def read_run(path: Path) -> Result:
         null=pd.read_parquet(path / "null.parquet"),
         path=path,
     )
+    if (path / "verdict.json").is_file() and (path / "scores.parquet").is_file():
+        from .verdict import Verdict
+
+        saved = json.loads((path / "verdict.json").read_text())
+        result.verdict = Verdict(saved["comparisons"], saved["conclusions"], saved["notices"], saved["settings"])
+        result.scores = pd.read_parquet(path / "scores.parquet")
+    return result

@@ -53,15 +53,11 @@ def check_labels(y: object, n: int, what: str) -> np.ndarray:
     if labels is None:
         shape = getattr(y, "shape", None)
         dtype = getattr(y, "dtype", type(y).__name__)
-        raise DirscopeError(
-            f"{what} must be integer labels of shape ({n},), one per example; got {shape} {dtype}"
-        )
+        raise DirscopeError(f"{what} must be integer labels of shape ({n},), one per example; got {shape} {dtype}")
     return labels
 
 
-def check_label_names(
-    names: Sequence[str] | np.ndarray | None, y: np.ndarray | None, what: str
-) -> list[str] | None:
+def check_label_names(names: Sequence[str] | np.ndarray | None, y: np.ndarray | None, what: str) -> list[str] | None:
     """Label names as a list of strings that covers every label in ``y``."""
     if names is None:
         return None
@@ -71,9 +67,7 @@ def check_label_names(
     return names
 
 
-def index_chunks(
-    size: int, batch_size: int, indices: Sequence[int] | np.ndarray | None
-) -> Iterator[np.ndarray]:
+def index_chunks(size: int, batch_size: int, indices: Sequence[int] | np.ndarray | None) -> Iterator[np.ndarray]:
     """Dataset indices in increasing order, ``batch_size`` at a time."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

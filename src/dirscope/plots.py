@@ -1,5 +1,5 @@
 """Verdict plots: score distributions per family, the rotation sweep, the layer profile, and the most and
-least coherent directions of each family as image grids."""
+least coherent directions of each family as image grids (one figure each per layer)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .atomic import write_bytes
 from .compare import mean_ci
-from .figures import family_figure, safe_name, to_png
+from .figures import Panel, direction_row, render_panels, safe_name, to_png
 from .result import Result
 from .scoring import Scores
 from .seeding import numpy_rng
@@ -146,7 +146,7 @@ def profile_figure(verdict: Verdict) -> Figure | None:
 
 
 def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path) -> list[Path]:
-    """Grids of the most and least coherent directions of each family, by the first coherence metric."""
+    """The most and the least coherent directions of each family side by side, by the first coherence metric."""
     if not result.images:
         return []
     rows = _top_sets(scores, layer)
@@ -155,13 +155,19 @@ def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path) -> list
         return []
     metric = coherence[0]
     sign = 1.0 if scores.higher_is_better[metric] else -1.0
+    ranked = {
+        family: part.assign(key=sign * part["score"]).dropna(subset=["key"]).sort_values("key")["direction"]
+        for family, part in rows[rows.metric == metric].groupby("family", sort=False)
+    }
     written = []
-    for family, part in rows[rows.metric == metric].groupby("family", sort=False):
-        ranked = part.assign(key=sign * part["score"]).dropna(subset=["key"]).sort_values("key")
-        for which, chosen in (("most", ranked["direction"][::-1]), ("least", ranked["direction"])):
-            ids = chosen.head(EXTREME_ROWS).tolist()
-            if ids:
-                fig = family_figure(result, layer, family, directions=ids)
-                fig.suptitle(f"{layer} · {family}: {which} coherent by {metric}", fontsize=11)
-                written.append(_save(out_dir / f"{safe_name(layer)}-{which}-coherent-{safe_name(family)}.png", fig))
+    for which in ("most", "least"):
+        panels = [
+            Panel(
+                f"{family.replace('basis', 'units')}: {which} coherent",
+                [direction_row(result, layer, d) for d in (order[::-1] if which == "most" else order)[:EXTREME_ROWS]],
+            )
+            for family, order in ranked.items()
+        ]
+        fig = render_panels(panels, f"{layer}: the {which} coherent directions of each family by {metric}")
+        written.append(_save(out_dir / f"{safe_name(layer)}-{which}-coherent.png", fig))
     return written

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_seed(seed: int, *names: str) -> int:
@@ -20,5 +23,7 @@ def numpy_rng(seed: int, *names: str) -> np.random.Generator:
 
 
 def torch_generator(seed: int, *names: str) -> torch.Generator:
-    """A CPU torch generator for one named random choice."""
+    """A CPU torch generator for one named random choice (torch is imported only here: readers stay light)."""
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(seed, *names))

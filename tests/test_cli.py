@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,7 @@ def project(tmp_path, monkeypatch):
 
 
 def run_cli(args, capsys):
+    args = shlex.split(args) if isinstance(args, str) else args
     try:
         main(args)
         code = 0
@@ -55,24 +57,8 @@ def run_cli(args, capsys):
 
 def test_run_end_to_end(project, capsys):
     code, out, err = run_cli(
-        [
-            "run",
-            "--model",
-            "python:tinymodel:build",
-            "--layer",
-            "features",
-            "--layer",
-            "head",
-            "--data",
-            "npz:data.npz",
-            "--directions",
-            "basis,random:5",
-            "--k",
-            "4",
-            "--out",
-            "runs/t",
-            "--quiet",
-        ],
+        "run --model python:tinymodel:build --layer features --layer head --data npz:data.npz "
+        "--directions basis,random:5 --k 4 --out runs/t --quiet",
         capsys,
     )
     assert code == 0, err
@@ -81,18 +67,7 @@ def test_run_end_to_end(project, capsys):
     assert manifest["model"]["spec"] == "python:tinymodel:build" and manifest["data"]["spec"] == "npz:data.npz"
     assert (project / "runs/t/figures/features-side-by-side.png").exists()
     code, _, err = run_cli(
-        [
-            "run",
-            "--model",
-            "python:tinymodel:build",
-            "--layer",
-            "head",
-            "--data",
-            "npz:data.npz",
-            "--out",
-            "runs/t",
-            "--quiet",
-        ],
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --out runs/t --quiet",
         capsys,
     )
     assert code == 2 and err.startswith("error: output directory") and err.count("\n") == 1
@@ -110,63 +85,19 @@ def test_layers_lists_names_and_shapes(project, capsys):
     ("args", "message"),
     [
         (
-            [
-                "run",
-                "--model",
-                "python:tinymodel:build",
-                "--layer",
-                "featurs",
-                "--data",
-                "npz:data.npz",
-                "--out",
-                "o",
-            ],
+            "run --model python:tinymodel:build --layer featurs --data npz:data.npz --out o",
             "unknown layer 'featurs'; did you mean 'features'",
         ),
         (
-            [
-                "run",
-                "--model",
-                "python:tinymodel:build",
-                "--layer",
-                "head",
-                "--data",
-                "npz:data.npz",
-                "--k",
-                "51",
-                "--out",
-                "o",
-            ],
+            "run --model python:tinymodel:build --layer head --data npz:data.npz --k 51 --out o",
             "k=51 is larger than the 50 examples",
         ),
         (
-            [
-                "run",
-                "--model",
-                "python:tinymodel:build",
-                "--layer",
-                "head",
-                "--data",
-                "npz:missing.npz",
-                "--out",
-                "o",
-            ],
+            "run --model python:tinymodel:build --layer head --data npz:missing.npz --out o",
             "missing.npz",
         ),
         (
-            [
-                "run",
-                "--model",
-                "python:tinymodel:build",
-                "--layer",
-                "head",
-                "--data",
-                "npz:data.npz",
-                "--directions",
-                "random:0",
-                "--out",
-                "o",
-            ],
+            "run --model python:tinymodel:build --layer head --data npz:data.npz --directions random:0 --out o",
             "random",
         ),
         (["layers", "nosuch-model"], "unknown model 'nosuch-model'"),
@@ -219,29 +150,14 @@ def test_installed_entry_point_exit_status(tmp_path):
 
 def test_run_with_score_prints_a_verdict(project, capsys):
     code, out, err = run_cli(
-        [
-            "run",
-            "--model",
-            "python:tinymodel:build",
-            "--layer",
-            "head",
-            "--data",
-            "npz:data.npz",
-            "--directions",
-            "basis,random:6",
-            "--k",
-            "5",
-            "--out",
-            "runs/s",
-            "--quiet",
-            "--score",
-        ],
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis,random:6 --k 5 "
+        "--out runs/s --quiet --score",
         capsys,
     )
     assert code == 0, err
     assert "label purity: units" in out and "=> " in out
     assert (project / "runs/s/verdict.json").exists() and (project / "runs/s/scores.parquet").exists()
-    code, out, err = run_cli(["score", "runs/s", "--metric", "kurtosis", "--no-plots", "--n-perm", "200"], capsys)
+    code, out, err = run_cli("score runs/s --metric kurtosis --no-plots --n-perm 200", capsys)
     assert code == 0, err
     assert "kurtosis: units" in out and "label purity" not in out
     code, _, err = run_cli(["score", "runs/s", "--compare", "basis"], capsys)

@@ -51,16 +51,24 @@ def _top_sets(scores: Scores, layer: str | None = None) -> pd.DataFrame:
     return table[keep]
 
 
+def _panels(count: int) -> tuple[Figure, list]:
+    """A figure with one small panel per metric, three to a row; the spare panels are hidden."""
+    cols = min(3, max(1, count))
+    rows = max(1, -(-count // cols))
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), dpi=100, layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes[:count]
+
+
 def distributions(scores: Scores, layer: str, seed: int) -> Figure:
     """One panel per metric: every direction's score as a jittered point, per family, with the family mean."""
     rows = _top_sets(scores, layer)
     metrics = list(dict.fromkeys(rows["metric"]))
-    cols = min(3, max(1, len(metrics)))
-    n_rows = -(-len(metrics) // cols) if metrics else 1
-    fig = Figure(figsize=(4.2 * cols, 3.2 * n_rows), dpi=100, layout="constrained")
-    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
+    fig, axes = _panels(len(metrics))
     rng = numpy_rng(seed, "jitter", layer)
-    for ax, metric in zip(axes, metrics, strict=False):
+    for ax, metric in zip(axes, metrics, strict=True):
         part = rows[rows.metric == metric]
         families = list(dict.fromkeys(part["family"]))
         for i, family in enumerate(families):
@@ -76,8 +84,6 @@ def distributions(scores: Scores, layer: str, seed: int) -> Figure:
             ax.set_yscale("log")  # heavy-tailed units reach hundreds; a Gaussian direction sits at 3
         better = "higher" if scores.higher_is_better[metric] else "lower"
         ax.set_title(f"{metric}\n({better} = more {_meaning(scores, metric)})", fontsize=9)
-    for ax in axes[len(metrics) :]:
-        ax.set_axis_off()
     fig.suptitle(f"{layer}: scores per direction (top-k sets; bars = means)", fontsize=11)
     return fig
 
@@ -94,11 +100,8 @@ def sweep_figure(scores: Scores, seed: int) -> Figure | None:
     if rows["alpha"].nunique() < 2:
         return None
     metrics = list(dict.fromkeys(rows["metric"]))
-    cols = min(3, len(metrics))
-    n_rows = -(-len(metrics) // cols)
-    fig = Figure(figsize=(4.2 * cols, 3.2 * n_rows), dpi=100, layout="constrained")
-    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics, strict=False):
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
         for layer, part in rows[rows.metric == metric].groupby("layer", sort=False):
             points = sorted(part.groupby("alpha")["score"])
             stats = [mean_ci(g.to_numpy(), rng=numpy_rng(seed, "sweep", str(layer), metric, str(a))) for a, g in points]
@@ -109,8 +112,6 @@ def sweep_figure(scores: Scores, seed: int) -> Figure | None:
         ax.set_xlabel("rotation power α (0 = units, 1 = random rotation)", fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.legend(fontsize=7)
-    for ax in axes[len(metrics) :]:
-        ax.set_axis_off()
     fig.suptitle("Rotation sweep: mean score with 95% CI", fontsize=11)
     return fig
 
@@ -125,11 +126,8 @@ def profile_figure(verdict: Verdict) -> Figure | None:
     frame = frame[frame.family_b == other]
     metrics = list(dict.fromkeys(frame["metric"]))
     layers = list(dict.fromkeys(frame["layer"]))
-    cols = min(3, len(metrics))
-    n_rows = -(-len(metrics) // cols)
-    fig = Figure(figsize=(4.2 * cols, 3.2 * n_rows), dpi=100, layout="constrained")
-    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics, strict=False):
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
         part = frame[frame.metric == metric].set_index("layer").reindex(layers)
         x = np.arange(len(layers))
         effect = part["effect"].astype(float).to_numpy()
@@ -139,8 +137,6 @@ def profile_figure(verdict: Verdict) -> Figure | None:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{metric}: units − {other}", fontsize=9)
-    for ax in axes[len(metrics) :]:
-        ax.set_axis_off()
     fig.suptitle("Layer profile: effect with 95% CI (above 0: units score higher)", fontsize=11)
     return fig
 

@@ -104,3 +104,16 @@ def test_wrong_input_shape_is_one_line():
     ):
         cap.run(torch.zeros(2, 7))
     assert "\n" not in str(info.value)
+
+
+def test_all_means_every_leaf_that_computes_something():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.1), nn.Linear(8, 3))
+    assert resolve_layers(net, ["all"]) == ["0", "1", "4"]
+    assert resolve_layers(Net(), ["all"]) == [
+        "blocks.0.mlp.0",
+        "blocks.0.mlp.1",
+        "blocks.0.act",
+        "blocks.1",
+        "pair",
+        "head",
+    ]

@@ -206,3 +206,15 @@ def test_readers_of_a_run_directory_never_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_layer_all_gives_a_profile_over_every_layer(tmp_path):
+    f, y = planted(200, 8, 1)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    res = dirscope.run(
+        model, "all", (f, y), "basis,random:8", k=5, out=str(tmp_path / "a"), progress=False, null_sample=100
+    )
+    assert res.layers == ["0", "1", "2"]
+    verdict = res.score(metrics=["label_purity", "kurtosis"], null_draws=50, n_boot=50, n_perm=100)
+    assert set(verdict.conclusions) == {"0", "1", "2"}
+    assert (tmp_path / "a" / "figures" / "profile.png").stat().st_size > 5000

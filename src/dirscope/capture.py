@@ -47,10 +47,13 @@ def hookable(module: nn.Module) -> dict[str, nn.Module]:
 
 
 def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
-    """Check layer names (``all`` means every leaf module); unknown names fail with the closest ones."""
+    """Check layer names; unknown names fail with the closest ones.
+
+    ``all`` means every leaf module except those that only reshape or drop out (Flatten, Identity, Dropout).
+    """
     available = hookable(module)
     if list(names) == ["all"]:
-        return [n for n, m in available.items() if not any(True for _ in m.children())]
+        return [n for n, m in available.items() if not any(True for _ in m.children()) and not _reshapes_only(m)]
     if not names:
         raise DirscopeError("no layer given; pass --layer NAME (list them with `dirscope layers MODEL`)")
     for name in names:
@@ -61,6 +64,14 @@ def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise DirscopeError("the same layer is given twice; give each --layer once")
     return list(names)
+
+
+def _reshapes_only(module: nn.Module) -> bool:
+    """Modules whose output repeats their input's values (in another shape), so they add no layer to study."""
+    return isinstance(
+        module,
+        (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
+    )
 
 
 def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> None:

@@ -35,7 +35,8 @@ def cli() -> None:
     "layers",
     multiple=True,
     required=True,
-    help="Layer name (repeat for several; all are captured in one pass). See `dirscope layers MODEL`.",
+    help="Layer name (repeat for several; all are captured in one pass), or `all` for every leaf layer. "
+    "See `dirscope layers MODEL`.",
 )
 @click.option(
     "--data",

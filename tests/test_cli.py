@@ -162,3 +162,13 @@ def test_run_with_score_prints_a_verdict(project, capsys):
     assert "kurtosis: units" in out and "label purity" not in out
     code, _, err = run_cli(["score", "runs/s", "--compare", "basis"], capsys)
     assert code == 2 and "A:B" in err
+
+
+def test_train_command_writes_a_checkpoint_the_run_can_load(project, capsys):
+    code, out, err = run_cli("train mnist-mlp --out ckpt.safetensors --epochs 1 --seed 1", capsys)
+    if code == 2 and "dirscope fetch mnist" in err:
+        pytest.skip("MNIST digits not fetched")
+    assert code == 0, err
+    assert out.strip() == "wrote ckpt.safetensors"
+    code, out, err = run_cli("layers mnist-mlp:ckpt.safetensors", capsys)
+    assert code == 0 and "fc2.1" in out

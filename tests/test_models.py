@@ -151,7 +151,7 @@ def test_checkpoint_round_trip_with_path_spec(tmp_path) -> None:
 
 
 def test_missing_checkpoint_says_how_to_train(tmp_path) -> None:
-    with pytest.raises(DirscopeError, match="dirscope train --model mnist-cnn") as err:
+    with pytest.raises(DirscopeError, match="dirscope train mnist-cnn") as err:
         load_model(f"mnist-cnn:{tmp_path / 'none.safetensors'}")
     assert "\n" not in str(err.value)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")

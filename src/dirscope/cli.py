@@ -253,13 +253,14 @@ def fetch(name: str, source: str | None) -> None:
     default=None,
     help="Checkpoint to write (default: the package's own weights file).",
 )
+@click.option("--data", default=None, help="Training data spec (default: the model's own, e.g. mnist:train).")
 @click.option("--epochs", type=int, default=None, help="Override the recipe's number of epochs.")
 @click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
-def train(name: str, out: Path | None, epochs: int | None, seed: int | None) -> None:
+def train(name: str, out: Path | None, data: str | None, epochs: int | None, seed: int | None) -> None:
     """Train a built-in model (mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp) with its deterministic recipe."""
     from .models.train import train_builtin
 
-    click.echo(f"wrote {train_builtin(name, out=out, epochs=epochs, seed=seed)}")
+    click.echo(f"wrote {train_builtin(name, out=out, epochs=epochs, seed=seed, data=data)}")
 
 
 @cli.command(context_settings=_SETTINGS)

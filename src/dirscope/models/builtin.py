@@ -102,7 +102,7 @@ def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
 
 def train_command(name: str) -> str:
     """The CLI line that (re)creates a built-in checkpoint."""
-    return f"dirscope train --model {name} --data {BUILTINS[name].train_data}"
+    return f"dirscope train {name}"
 
 
 def load_builtin(name: str, path: str | Path | None = None) -> LoadedModel:

@@ -319,3 +319,24 @@ def test_conclusion_pairs_signs_missing_values_and_json_round_trip():
         "no detectable difference between units and pca directions (label_purity (max): n/a, too few scores)"
     )
     assert conclusion([]) == "no comparisons"
+
+
+def test_conclusion_groups_pairs_without_difference():
+    def row(family_b: str, metric: str) -> dict:
+        return {
+            "family_a": "basis",
+            "family_b": family_b,
+            "metric": metric,
+            "effect": 0.01,
+            "ci_low": -0.1,
+            "ci_high": 0.1,
+            "p_holm": 0.8,
+            "higher_is_better": True,
+        }
+
+    rows = [row(b, m) for b in ("rotation:0.5", "rotation:1", "random") for m in ("label_purity", "kurtosis")]
+    assert conclusion(rows) == (
+        "no detectable difference between units and rotation:0.5, rotation:1 or random directions "
+        "(label_purity, kurtosis: smallest p_holm = 0.800)"
+    )
+    assert conclusion(rows[-2:]).startswith("no detectable difference between units and random directions (")

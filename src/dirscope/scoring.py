@@ -134,6 +134,7 @@ def _gather_pool_data(
 
     A default reference that cannot run is skipped with a notice; one the user named (``strict``) fails.
     """
+    from .metrics.wordnet import label_similarity
     from .references import PIXELS, model_embeddings, pixel_embeddings
 
     scored: list[tuple[str, Metric]] = []
@@ -145,6 +146,12 @@ def _gather_pool_data(
             if result.manifest["data"].get("label_counts") is None:
                 notices.append(f"{name}: skipped, the data has no labels")
                 continue
+            if "label_similarity" in metric.constants:
+                try:
+                    pool.data["label_similarity"] = label_similarity(result.manifest["data"].get("label_names") or [])
+                except DirscopeError as exc:
+                    notices.append(f"{name}: skipped, {exc}")
+                    continue
             scored.append((name, metric))
         elif "embeddings" in metric.needs:
             for ref in refs:
@@ -265,7 +272,7 @@ def _null(
     seed: int,
     cache: NullCache,
 ) -> NullSummary:
-    population = pool.population(metric.needs, metric.constants) if metric.null == "pool" else None
+    population = pool.population(metric.needs if metric.null == "pool" else (), metric.constants)
     return null_summary(
         metric,
         k,

@@ -6,7 +6,7 @@ metric is one module that builds a ``Metric`` and passes it to ``register``, plu
 
 from __future__ import annotations
 
-from . import attribute_coherence, embedding_coherence, label_entropy, label_purity  # noqa: F401  (registers)
+from . import attribute_coherence, embedding_coherence, label_entropy, label_purity, wordnet  # noqa: F401 (registers)
 from .attribute_coherence import reference_std
 from .base import METRICS, Metric, Pool, degenerate, get_metric, register
 from .direction_stats import NEAR_ZERO_EPS, direction_statistics

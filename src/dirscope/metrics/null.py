@@ -66,7 +66,8 @@ def null_summary(
     """The null of ``metric`` at set size ``k`` from ``draws`` random k-subsets.
 
     Label metrics (``metric.null == "label_counts"``) draw from ``label_counts``, the exact class counts
-    of the whole scanned dataset (multivariate hypergeometric); the others draw subsets of
+    of the whole scanned dataset (multivariate hypergeometric), reading their ``constants`` from
+    ``population``; the others draw subsets of
     ``population``, a pool built from a seeded random sample of the dataset. With a ``cache`` the key is
     (metric, k, draws, fingerprint); without a ``fingerprint`` it is a hash of the data the null reads.
     """
@@ -119,7 +120,8 @@ def _null_sets(
     if metric.null == "label_counts":
         if label_counts is None:
             raise DirscopeError(f"the null of {metric.name!r} needs the dataset's class counts; pass label_counts")
-        return label_count_sets(k, draws, rng, label_counts)
+        sets, labels = label_count_sets(k, draws, rng, label_counts)
+        return sets, {**labels, **{key: (population or {})[key] for key in metric.constants}}
     if population is None:
         raise DirscopeError(
             f"the null of {metric.name!r} needs a population pool (a random sample of the dataset); pass population"

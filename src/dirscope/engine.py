@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,11 +16,21 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .capture import Capture, LayerInfo, list_layers, resolve_layers
-from .data import DataSource, load_data
+from .cache import CACHE_DTYPES, CacheWriter, cache_layout, open_cache
+from .capture import LayerInfo, list_layers
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from .data import load_data
 from .directions import DirectionSet, build_directions
 from .errors import DirscopeError
-from .models import LoadedModel, load_model
+from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs
+from .models import load_model
 from .project import POOLS, feature_axis, finite_rows, positions, project
 from .result import Result
 from .rundir import RUN_FORMAT
@@ -45,6 +56,7 @@ class RunConfig:
     bins: int = 64
     fit_samples: int = 10_000
     null_sample: int = 1_000
+    cache: str | None = None  # dtype of the activation cache written, if any
 
     def check(self) -> None:
         if self.k < 1:
@@ -59,6 +71,8 @@ class RunConfig:
             raise DirscopeError(f"--null-sample must be >= 0, got {self.null_sample}")
         if self.bins < 2:
             raise DirscopeError(f"--bins must be at least 2, got {self.bins}")
+        if self.cache is not None and self.cache not in CACHE_DTYPES:
+            raise DirscopeError(f"unknown --cache-dtype {self.cache!r}; use one of {', '.join(CACHE_DTYPES)}")
         check_device(self.device)
 
 
@@ -114,9 +128,9 @@ def check_device(device: str) -> None:
 
 
 def run(
-    model: Any,
-    layers: str | Sequence[str],
-    data: Any,
+    model: Any = None,
+    layers: str | Sequence[str] | None = None,
+    data: Any = None,
     directions: str = "basis,random:64",
     k: int = 9,
     *,
@@ -128,8 +142,13 @@ def run(
     bins: int = 64,
     fit_samples: int = 10_000,
     null_sample: int = 1_000,
-    out: str | None = None,
+    out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
+    cache: bool = False,
+    cache_dtype: str = "float32",
+    from_cache: str | Path | None = None,
     figures: bool = True,
     progress: bool = True,
 ) -> Result:
@@ -139,28 +158,83 @@ def run(
     ``data``: a spec (``mnist``, ``npz:PATH``, ``folder:PATH``), a torch Dataset, arrays, or batches.
     ``directions``: families joined by commas, e.g. ``basis,random:64,rotation,pca:16``.
     ``null_sample`` rows are drawn uniformly (seeded) as the null population that scores compare against.
-    With ``out``, the run directory is written there (see the README for its format).
+    With ``out``, the run directory is written there (see the README for its format), with a checkpoint every
+    ``checkpoint_every`` seconds (0: none) that ``resume=True`` continues from after a crash, giving the
+    same results as an uninterrupted run. ``cache=True`` also writes the activations to ``out/cache``;
+    ``from_cache`` (a run directory or cache folder) then analyses new directions without model or data pass.
     """
-    config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample)
+    cache_as = cache_dtype if cache else None
+    config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as)
     config.check()
+    _check_sources(model, data, from_cache, cache)
+    _check_out(out, overwrite, resume, checkpoint_every, cache)
     from .rundir import prepare_out, write_run
 
-    out_dir = prepare_out(out, overwrite) if out is not None else None
+    out_dir = prepare_out(out, overwrite, resume) if out is not None else None
     started = time.time()
-    loaded = load_model(model, device)
-    source = load_data(data, preprocess=loaded.preprocess)
-    n_rows = _rows_to_scan(source, config)
-    names = resolve_layers(loaded.module, [layers] if isinstance(layers, str) else list(layers))
-    plans = _plan_layers(loaded, source, names, config)
-    log = _scan(loaded, source, plans, config, n_rows, progress)
-    result = _build_result(loaded, source, plans, config, log, started)
+    feed = _open_feed(model, layers, data, config, from_cache)
+    n_rows = _rows_to_scan(feed.rows, config)
+    fingerprint = _fingerprint(feed, config)
+    checkpoint = load_checkpoint(out_dir) if resume and out_dir is not None else None
+    if checkpoint is not None and out_dir is not None:
+        checkpoint.check(fingerprint, out_dir / CHECKPOINT_DIR)
+    plans = _plan_layers(feed, config, checkpoint)
+    log, start = _restore_log(checkpoint, config)
+    writer = _cache_writer(out_dir, feed, plans, config, checkpoint) if out_dir is not None and cache else None
+    saver = _Saver(out_dir, checkpoint_every, fingerprint) if out_dir is not None and checkpoint_every > 0 else None
+    _scan(feed, plans, config, log, _Progress(start, n_rows, progress, saver, writer))
+    if writer is not None:
+        writer.finish()
+    result = _build_result(feed, plans, config, log, started)
     if out_dir is not None:
         write_run(result, out_dir, figures=figures)
+        remove_checkpoint(out_dir)
     return result
 
 
-def _rows_to_scan(source: DataSource, config: RunConfig) -> int | None:
-    n = source.size
+def _check_sources(model: Any, data: Any, from_cache: Any, cache: bool) -> None:
+    """A run reads either a model over data or an activation cache."""
+    if from_cache is None and model is None:
+        raise DirscopeError("give a model (--model) or an activation cache (--from-cache RUN_DIR)")
+    if from_cache is None and data is None:
+        raise DirscopeError("give the data to scan (--data), e.g. --data mnist")
+    if from_cache is not None and model is not None:
+        raise DirscopeError("give --model or --from-cache, not both: a run from a cache uses no model")
+    if from_cache is not None and cache:
+        raise DirscopeError("--cache with --from-cache would only copy the cache; drop --cache")
+
+
+def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float, cache: bool) -> None:
+    if resume and overwrite:
+        raise DirscopeError("give --resume (continue the run in --out) or --overwrite (start over), not both")
+    if out is None and (resume or cache):
+        raise DirscopeError(f"{'--resume' if resume else '--cache'} needs --out, the run directory")
+    if checkpoint_every < 0:
+        raise DirscopeError(f"--checkpoint-every must be >= 0 seconds (0: no checkpoints), got {checkpoint_every}")
+
+
+def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache: Any) -> Feed:
+    names = [layers] if isinstance(layers, str) else list(layers or [])
+    if from_cache is not None:
+        return CacheFeed(from_cache, names, data, config.pool)
+    return ModelFeed(model, names, data, config.device)
+
+
+def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
+    """Everything a checkpoint's state depends on, compared field by field on resume."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "run_format": RUN_FORMAT,
+        "model": {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]},
+        "from_cache": feed.model.get("from_cache"),
+        "data": {"spec": feed.rows.spec, "size": feed.rows.size},
+        "layers": feed.names,
+        **config.__dict__,
+    }
+
+
+def _rows_to_scan(rows: Rows, config: RunConfig) -> int | None:
+    n = rows.size
     if n is not None and config.limit is not None:
         n = min(n, config.limit)
     if n is not None and config.k > n:
@@ -168,35 +242,22 @@ def _rows_to_scan(source: DataSource, config: RunConfig) -> int | None:
     return n
 
 
-def _first_batch(source: DataSource, config: RunConfig) -> torch.Tensor:
-    for batch in source.batches(min(2, config.batch_size)):
-        return batch.x
-    raise DirscopeError(f"data {source.spec!r} yielded no examples; check the dataset")
-
-
-def _plan_layers(loaded: LoadedModel, source: DataSource, names: list[str], config: RunConfig) -> list[LayerPlan]:
-    """One dry forward for the layers' shapes, then each layer's directions (fitting them if needed)."""
-    example = _first_batch(source, config).to(config.device)
-    infos = {info.name: info for info in list_layers(loaded.module, example)}
-    fit = _FitActivations(loaded, source, names, config)
+def _plan_layers(feed: Feed, config: RunConfig, checkpoint: Checkpoint | None) -> list[LayerPlan]:
+    """Each layer's layout, directions (fitted if needed, or as the checkpoint saved them) and tally."""
+    axes = {name: feature_axis(shape) for name, shape in feed.shapes.items()}
+    fit = _FitActivations(feed, config, axes)
     plans = []
-    for name in names:
-        info = infos[name]
-        if info.shape is None:
-            raise DirscopeError(f"layer {name!r} did not produce a tensor in a dry forward; choose another layer")
-        if info.calls > 1:
-            raise DirscopeError(f"layer {name!r} runs {info.calls} times per forward pass; hook one of its callers")
-        axis = feature_axis(info.shape)
-        fit.axes[name] = axis
-        dirs = build_directions(
-            config.directions,
-            dim=info.shape[axis],
-            layer=name,
-            seed=config.seed,
-            fit_data=lambda n=name: fit(n),
-        )
+    for i, name in enumerate(feed.names):
+        shape, axis = feed.shapes[name], axes[name]
+        if checkpoint is not None:
+            dirs, tally, excluded, first = _restore_layer(checkpoint, i)
+        else:
+            dirs = build_directions(
+                config.directions, dim=shape[axis], layer=name, seed=config.seed, fit_data=lambda n=name: fit(n)
+            )
+            tally, excluded, first = Tally(len(dirs), config.k, config.bins), 0, []
         vectors = torch.from_numpy(dirs.vectors).to(config.device)
-        plans.append(LayerPlan(name, info.shape, axis, dirs, Tally(len(dirs), config.k, config.bins), vectors))
+        plans.append(LayerPlan(name, shape, axis, dirs, tally, vectors, excluded, first))
     return plans
 
 
@@ -208,9 +269,8 @@ class _FitActivations:
     mean pooling each row is the example's mean over positions.
     """
 
-    def __init__(self, loaded: LoadedModel, source: DataSource, names: list[str], config: RunConfig) -> None:
-        self.loaded, self.source, self.names, self.config = loaded, source, names, config
-        self.axes: dict[str, int] = {}
+    def __init__(self, feed: Feed, config: RunConfig, axes: dict[str, int]) -> None:
+        self.feed, self.config, self.axes = feed, config, axes
         self._rows: dict[str, np.ndarray] | None = None
 
     def __call__(self, layer: str) -> np.ndarray:
@@ -219,7 +279,7 @@ class _FitActivations:
         return self._rows[layer]
 
     def _subset(self) -> np.ndarray | None:
-        n = self.source.size
+        n = self.feed.rows.size
         if n is None:
             return None
         n = min(n, self.config.limit or n)
@@ -229,21 +289,18 @@ class _FitActivations:
         return np.sort(rng.choice(n, size=self.config.fit_samples, replace=False))
 
     def _gather(self) -> dict[str, np.ndarray]:
+        """Without a known size, the first ``fit_samples`` rows (within the limit) are the sample."""
         cfg = self.config
         subset = self._subset()
         n_examples = len(subset) if subset is not None else cfg.fit_samples
+        first = None if subset is not None else min(cfg.fit_samples, cfg.limit or cfg.fit_samples)
         rng = numpy_rng(cfg.seed, "fit-positions")
-        chunks: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
-        seen = 0
-        with Capture(self.loaded.module, self.names) as capture, torch.inference_mode():
-            for batch in self.source.batches(cfg.batch_size, subset):
-                x = batch.x[: cfg.fit_samples - seen]
-                for name, act in capture.run(x.to(cfg.device)).items():
+        chunks: dict[str, list[np.ndarray]] = {n: [] for n in self.feed.names}
+        with torch.inference_mode():
+            for _, _, acts in self.feed.stream(cfg.batch_size, indices=subset, limit=first):
+                for name, act in acts.items():
                     act = act[finite_rows(act)].float()
                     chunks[name].append(self._rows_of(positions(act, self.axes[name]), n_examples, rng))
-                seen += x.shape[0]
-                if seen >= cfg.fit_samples:
-                    break
         return {n: np.concatenate(c) if c else np.zeros((0, 0), np.float32) for n, c in chunks.items()}
 
     def _rows_of(self, x: torch.Tensor, n_examples: int, rng: np.random.Generator) -> np.ndarray:
@@ -258,39 +315,44 @@ class _FitActivations:
         return chosen.permute(0, 2, 1).reshape(-1, x.shape[1]).cpu().numpy()
 
 
-def _scan(
-    loaded: LoadedModel,
-    source: DataSource,
-    plans: list[LayerPlan],
-    config: RunConfig,
-    n_rows: int | None,
-    progress: bool,
-) -> ScanLog:
-    """The one pass: forward each batch, project every layer's activations, fold them into its tally."""
-    bar = tqdm(total=n_rows, unit="img", unit_scale=True, disable=not progress, desc="scanning", file=sys.stderr)
-    limit = config.limit
-    log = ScanLog(Reservoir(config.null_sample, numpy_rng(config.seed, "null-sample")))
-    with bar, Capture(loaded.module, [p.name for p in plans]) as capture, torch.inference_mode():
-        for batch in source.batches(config.batch_size):
-            x, idx, y = batch.x, batch.indices, batch.y
-            if limit is not None and idx[-1] >= limit:
-                keep = idx < limit
-                x, idx, y = x[torch.from_numpy(keep)], idx[keep], None if y is None else y[keep]
-            if idx.size:
-                log.add(idx, y)
-                acts = capture.run(x.to(config.device, non_blocking=True))
-                for plan in plans:
-                    _fold(plan, acts[plan.name], idx, config.pool)
-                bar.update(idx.size)
-            if limit is not None and batch.indices[-1] >= limit - 1:
-                break
+@dataclass
+class _Progress:
+    """Where the scan starts, how far it goes, and what it reports to along the way."""
+
+    start: int
+    total: int | None
+    bar: bool
+    saver: _Saver | None
+    writer: CacheWriter | None
+
+
+def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, progress: _Progress) -> None:
+    """The one pass: each batch's activations are projected for every layer and folded into its tally."""
+    bar = tqdm(
+        total=progress.total,
+        initial=progress.start,
+        unit="img",
+        unit_scale=True,
+        disable=not progress.bar,
+        desc="scanning",
+        file=sys.stderr,
+    )
+    with bar, torch.inference_mode():
+        for idx, y, acts in feed.stream(config.batch_size, start=progress.start, limit=config.limit):
+            log.add(idx, y)
+            if progress.writer is not None:
+                progress.writer.add(idx, y, acts)
+            for plan in plans:
+                _fold(plan, acts[plan.name], idx, config.pool)
+            bar.update(idx.size)
+            if progress.saver is not None:
+                progress.saver.tick(plans, log, int(idx[-1]) + 1, progress.writer)
     for plan in plans:
         if plan.tally.count < config.k:
             raise DirscopeError(
                 f"layer {plan.name!r}: only {plan.tally.count} examples had finite activations, fewer than "
                 f"k={config.k}; lower --k or check the data"
             )
-    return log
 
 
 def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> None:
@@ -313,16 +375,97 @@ def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> Non
         ) from None
 
 
-def _build_result(
-    loaded: LoadedModel, source: DataSource, plans: list[LayerPlan], config: RunConfig, log: ScanLog, started: float
-) -> Result:
+class _Saver:
+    """Checkpoints the scan every ``every`` seconds; never per batch, since each writes every tally."""
+
+    def __init__(self, out: Path, every: float, fingerprint: dict[str, Any]) -> None:
+        self.out, self.every, self.fingerprint = out, every, fingerprint
+        self.last = time.monotonic()
+
+    def tick(self, plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        if writer is not None:
+            writer.flush()  # the checkpoint names only chunks on disk
+        meta, arrays = _scan_state(plans, log, next_index, writer)
+        save_checkpoint(self.out, {"fingerprint": self.fingerprint, **meta}, arrays)
+        self.last = time.monotonic()
+
+
+def _scan_state(
+    plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The whole scan state as JSON-able values and arrays, for a checkpoint."""
+    arrays: dict[str, np.ndarray] = {}
+    layers = []
+    for i, plan in enumerate(plans):
+        arrays.update({f"{i}.tally.{key}": value for key, value in plan.tally.state_dict().items()})
+        dirs = plan.directions
+        arrays.update({f"{i}.vectors": dirs.vectors, f"{i}.member": dirs.member, f"{i}.unit": dirs.unit})
+        layers.append(
+            {
+                "name": plan.name,
+                "family": dirs.family,
+                "specs": dirs.specs,
+                "info": dirs.info,
+                "excluded": plan.excluded,
+                "first_excluded": plan.first_excluded,
+            }
+        )
+    null = log.null.state_dict()
+    arrays["null.rows"] = null.pop("rows")
+    meta = {
+        "next_index": next_index,
+        "layers": layers,
+        "null": null,
+        "label_counts": {str(k): v for k, v in log.label_counts.items()},
+        "unlabelled": log.unlabelled,
+        "cache_chunks": None if writer is None else writer.chunks,
+    }
+    return meta, arrays
+
+
+def _restore_layer(checkpoint: Checkpoint, i: int) -> tuple[DirectionSet, Tally, int, list[int]]:
+    record, arrays = checkpoint.meta["layers"][i], checkpoint.arrays
+    prefix = f"{i}.tally."
+    tally = Tally.from_state_dict({key[len(prefix) :]: v for key, v in arrays.items() if key.startswith(prefix)})
+    vectors, member, unit = (arrays[f"{i}.{name}"] for name in ("vectors", "member", "unit"))
+    dirs = DirectionSet(vectors, record["family"], member, unit, record["specs"], record["info"])
+    return dirs, tally, int(record["excluded"]), list(record["first_excluded"])
+
+
+def _restore_log(checkpoint: Checkpoint | None, config: RunConfig) -> tuple[ScanLog, int]:
+    """The scan log and the dataset index to start from: fresh, or as the checkpoint left them."""
+    if checkpoint is None:
+        return ScanLog(Reservoir(config.null_sample, numpy_rng(config.seed, "null-sample"))), 0
+    meta = checkpoint.meta
+    null = Reservoir.from_state_dict({**meta["null"], "rows": checkpoint.arrays["null.rows"]})
+    counts = {int(k): int(v) for k, v in meta["label_counts"].items()}
+    return ScanLog(null, counts, int(meta["unlabelled"])), checkpoint.next_index
+
+
+def _cache_writer(
+    out: Path, feed: Feed, plans: list[LayerPlan], config: RunConfig, checkpoint: Checkpoint | None
+) -> CacheWriter:
+    header = {
+        "model": {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]},
+        "data": feed.rows.describe(),
+        "pool": config.pool,
+        "dtype": config.cache,
+        "batch_size": config.batch_size,
+    }
+    layers = [cache_layout(p.name, p.shape, p.axis, config.pool) for p in plans]
+    return open_cache(out, header, layers, None if checkpoint is None else checkpoint.meta["cache_chunks"])
+
+
+def _build_result(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, started: float) -> Result:
     results = {p.name: p.tally.result() for p in plans}
     null_rows = log.null.result()
     named = [null_rows] + [np.concatenate([r.top_indices.ravel(), r.bottom_indices.ravel()]) for r in results.values()]
     indices = np.unique(np.concatenate(named))
-    labels = source.labels_at(indices)
-    images = source.images_at(indices)
-    manifest = _manifest(loaded, source, plans, config, started)
+    labels = feed.rows.labels_at(indices)
+    images = feed.rows.images_at(indices)
+    manifest = _manifest(feed, plans, config, started)
     manifest["data"]["label_counts"] = {str(k): v for k, v in sorted(log.label_counts.items())} or None
     manifest["data"]["unlabelled_rows"] = log.unlabelled
     for plan in plans:
@@ -338,23 +481,21 @@ def _build_result(
         tallies=results,
         indices=indices,
         labels=labels,
-        label_names=source.label_names or loaded.label_names,
+        label_names=feed.label_names,
         images=images,
         null_rows=null_rows,
     )
 
 
-def _manifest(
-    loaded: LoadedModel, source: DataSource, plans: list[LayerPlan], config: RunConfig, started: float
-) -> dict[str, Any]:
+def _manifest(feed: Feed, plans: list[LayerPlan], config: RunConfig, started: float) -> dict[str, Any]:
     import numba
     import pyarrow
 
     return {
         "format": RUN_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"spec": loaded.spec, **({"info": loaded.info} if loaded.info else {})},
-        "data": source.describe(),
+        "model": dict(feed.model),
+        "data": feed.rows.describe(),
         "config": {**config.__dict__},
         "n": {p.name: p.tally.count for p in plans},
         "layers": [
@@ -400,5 +541,5 @@ def describe_layers(
         shape = input_shape or loaded.input_shape
         example = torch.zeros((2, *shape))
     else:
-        example = _first_batch(load_data(data, preprocess=loaded.preprocess), RunConfig())
+        example = first_inputs(load_data(data, preprocess=loaded.preprocess))
     return list_layers(loaded.module, example.to(device))

@@ -9,6 +9,8 @@
     null.parquet           index, label: a seeded uniform sample of the scanned rows (the null population)
     examples.parquet       index, label, png: the display image of every row in topk.parquet and null.parquet
     figures/*.png          Szegedy-style grids
+    checkpoint/            only while a run is unfinished: its scan state, for --resume (see checkpoint.py)
+    cache/                 with --cache: every layer's activations, for --from-cache (see cache.py)
 
 manifest.json is written last, so a directory with a manifest is complete.
 """
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .atomic import atomic_path, write_json, write_with
+from .checkpoint import has_checkpoint, remove_checkpoint
 from .errors import DirscopeError
 from .figures import safe_name, write_figures
 from .result import Result, png_bytes
@@ -42,14 +45,24 @@ RUN_DIRS = ("directions", "figures")
 RUN_FORMAT = "dirscope-run/1"
 
 
-def prepare_out(out: str | Path, overwrite: bool) -> Path:
-    """Check the output directory before any work: refuse a non-empty one unless ``overwrite``, and probe
-    that it is writable, so a long run never fails at its end."""
+def prepare_out(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Check the output directory before any work: refuse a non-empty one unless ``overwrite`` (or ``resume``,
+    which needs a checkpoint there), and probe that it is writable, so a long run never fails at its end."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DirscopeError(f"--out {path} is a file; give a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if resume and not has_checkpoint(path):
+        state = "the run there is complete" if (path / "manifest.json").is_file() else "run without --resume to start"
+        raise DirscopeError(f"no checkpoint to resume in {path}; {state}")
+    if not resume and has_checkpoint(path) and not overwrite:
+        raise DirscopeError(
+            f"{path} holds the checkpoint of an unfinished run; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
         raise DirscopeError(f"output directory {path} is not empty; pass --overwrite or choose another --out")
+    if overwrite:
+        remove_checkpoint(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dirscope-write-test"

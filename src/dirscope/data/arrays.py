@@ -78,6 +78,18 @@ def index_chunks(size: int, batch_size: int, indices: Sequence[int] | np.ndarray
         yield rows[start : start + batch_size]
 
 
+def indexed_from(source: DataSource, batch_size: int, start: int) -> Iterator[Batch]:
+    """``batches_from`` for sources that batch with :func:`index_chunks`: seek to the next chunk boundary.
+
+    Rounding up to a multiple of ``batch_size`` keeps the chunks of an uninterrupted pass even when the
+    last rows of the previous chunk were skipped (unreadable files).
+    """
+    first = -(-start // batch_size) * batch_size
+    if first >= source.size:
+        return iter(())
+    return source.batches(batch_size, np.arange(first, source.size, dtype=np.int64))
+
+
 class ArraySource(DataSource):
     """A dataset held in memory: inputs ``x`` [N, ...], optional integer labels and display images.
 
@@ -110,6 +122,9 @@ class ArraySource(DataSource):
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[Batch]:
         for rows in index_chunks(self.size, batch_size, indices):
             yield Batch(to_tensor(self.x[rows]), rows, None if self.y is None else self.y[rows])
+
+    def batches_from(self, batch_size: int, start: int) -> Iterator[Batch]:
+        return indexed_from(self, batch_size, start)
 
     def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
         return None if self.y is None else self.y[np.asarray(indices, dtype=np.int64)]

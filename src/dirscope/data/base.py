@@ -38,6 +38,16 @@ class DataSource(ABC):
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[Batch]:
         """Yield batches in dataset order; ``indices`` (sorted) restricts the pass to a subset."""
 
+    def batches_from(self, batch_size: int, start: int) -> Iterator[Batch]:
+        """The batches of ``batches(batch_size)`` from dataset index ``start`` on, so a resumed scan sees the
+        same batches as an uninterrupted one. ``start`` follows the last row of a batch already seen.
+
+        This default skips by consuming, which suits any source; indexed sources override it to seek.
+        """
+        for batch in self.batches(batch_size):
+            if batch.indices[-1] >= start:
+                yield batch
+
     def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
         """Integer labels (-1 unknown) of the given rows, or None when the source has no labels."""
         return None

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..errors import DirscopeError
-from .arrays import index_chunks, to_tensor
+from .arrays import index_chunks, indexed_from, to_tensor
 from .base import Batch, DataSource
 from .registry import DATA, Preprocess
 
@@ -156,6 +156,9 @@ class FolderSource(DataSource):
             if kept:
                 idx = np.array(kept, dtype=np.int64)
                 yield Batch(self._stack(inputs, idx), idx, None if self.labels is None else self.labels[idx])
+
+    def batches_from(self, batch_size: int, start: int) -> Iterator[Batch]:
+        return indexed_from(self, batch_size, start)
 
     def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
         return None if self.labels is None else self.labels[np.asarray(indices, dtype=np.int64)]

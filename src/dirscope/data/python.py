@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from ..errors import DirscopeError
-from .arrays import ArraySource, index_chunks, input_array, integer_labels, to_tensor
+from .arrays import ArraySource, index_chunks, indexed_from, input_array, integer_labels, to_tensor
 from .base import Batch, DataSource, to_display_image
 from .registry import DATA, Preprocess
 
@@ -108,6 +108,9 @@ class TorchDatasetSource(DataSource):
         loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, collate_fn=collate_items)
         for rows, (x, y) in zip(chunks, loader, strict=True):
             yield Batch(x, rows, y)
+
+    def batches_from(self, batch_size: int, start: int) -> Iterator[Batch]:
+        return indexed_from(self, batch_size, start)
 
     def _items(self, indices: np.ndarray) -> list[tuple[object, int | None]]:
         return [split_item(self.dataset[int(i)]) for i in np.asarray(indices)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -31,6 +33,19 @@ class Reservoir:
             for slot, row in zip(slots[slots < self.size], rest[slots < self.size], strict=True):
                 self.rows[slot] = row
         self.seen += indices.size
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the same stream of draws (for checkpoints); the RNG state is JSON-able."""
+        return {"size": self.size, "seen": self.seen, "rows": self.rows.copy(), "rng": self.rng.bit_generator.state}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Reservoir:
+        rng = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
+        rng.bit_generator.state = state["rng"]
+        reservoir = cls(int(state["size"]), rng)
+        reservoir.seen = int(state["seen"])
+        reservoir.rows = np.asarray(state["rows"], np.int64).copy()
+        return reservoir
 
     def result(self) -> np.ndarray:
         """The sampled row indices, sorted."""

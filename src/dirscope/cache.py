@@ -1,0 +1,311 @@
+"""The activation cache: what the projection consumes, written once, so new directions need no model.
+
+    <out>/cache/index.json            format, model (spec, weights sha256), data (as the manifest records it),
+                                      pool, dtype, batch size, N, every layer's layout, every chunk
+    <out>/cache/rows/NNNNNN.npy       int64 [n, 3]: dataset index, label (-1 unknown), batch number
+    <out>/cache/<layer>/NNNNNN.npy    the layer's activations for the same n rows (float32 or float16)
+
+Chunks are plain ``.npy`` files, read back with ``np.load(mmap_mode="r")``, one chunk at a time. Each holds
+whole batches of about CHUNK_BYTES. A chunk file is written atomically and then the index is rewritten
+atomically, so the index only names complete chunks; ``complete`` turns true when the scan ends.
+
+What is stored per layer (``stored`` in the index): the projection of a spatial layer under max pooling is
+max_p <phi_p(x), v>, which pooled activations cannot give, so those layers keep every position, in the layer's
+own layout [n, *shape] (``positions``). Mean pooling commutes with the projection, so other layers (and flat
+ones) keep the mean over positions [n, D] (``pooled``), P times smaller. A float32 cache reproduces the
+model's projections bit for bit; float16 halves the size at about 3 significant digits (values beyond
+65504 become inf, and such rows are excluded as non-finite). Rows with NaN/inf activations are stored as
+they are, so a run from the cache excludes and counts them as the model run did.
+
+Labels are stored with the rows; images are not: a run from the cache re-reads them from the data spec in
+the index (or ``--data``), and goes without example images when the data cannot be read again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import write_json, write_with
+from .data import DataSource, load_data
+from .errors import DirscopeError
+from .figures import safe_name
+from .project import positions
+
+CACHE_DIR = "cache"
+CACHE_FORMAT = "dirscope-cache/1"
+CACHE_DTYPES = ("float32", "float16")
+CHUNK_BYTES = 64 * 2**20
+_INDEX = "index.json"
+_ROWS = "rows"
+
+# One batch of activations: dataset indices, labels (or None), activations by layer.
+Step = tuple[np.ndarray, np.ndarray | None, dict[str, torch.Tensor]]
+
+
+def keeps_positions(shape: Sequence[int], axis: int, pool: str) -> bool:
+    """Whether a layer's cache must keep every position: a spatial layer under max pooling."""
+    return pool == "max" and int(np.prod(shape)) // shape[axis] > 1
+
+
+def cached_form(act: torch.Tensor, axis: int, pool: str) -> torch.Tensor:
+    """What the cache stores of a batch: the activations themselves, or their mean over positions [B, D],
+    computed exactly as :func:`dirscope.project.project` computes it."""
+    if keeps_positions(act.shape[1:], axis, pool):
+        return act
+    x = positions(act.float(), axis)
+    return x.mean(dim=2) if x.shape[2] > 1 else x[:, :, 0]
+
+
+def find_cache(path: str | Path) -> Path:
+    """The cache folder of a run directory, or the cache folder itself."""
+    path = Path(path)
+    for folder in (path / CACHE_DIR, path):
+        if (folder / _INDEX).is_file():
+            return folder
+    raise DirscopeError(f"no activation cache in {path}; write one with `dirscope run ... --cache --out DIR`")
+
+
+class CacheWriter:
+    """Appends batches of activations to ``<out>/cache`` chunk by chunk, holding at most one chunk in memory."""
+
+    def __init__(self, out: Path, header: dict[str, Any], layers: list[dict[str, Any]], chunks: list | None = None):
+        self.folder = out / CACHE_DIR
+        self.header, self.layers = header, layers
+        self.dtype = np.dtype(header["dtype"])
+        self.chunks: list[dict[str, Any]] = list(chunks or [])
+        self._rows: list[np.ndarray] = []
+        self._acts: dict[str, list[np.ndarray]] = {layer["name"]: [] for layer in layers}
+        self._bytes = 0
+        self._batches = sum(int(c["batches"]) for c in self.chunks)
+        self._drop_unlisted()
+        self._write_index(complete=False)
+
+    def _drop_unlisted(self) -> None:
+        """Remove chunks an earlier, interrupted writer left beyond the ones this writer continues from."""
+        listed = {c["file"] for c in self.chunks}
+        for sub in [_ROWS] + [layer["dir"] for layer in self.layers]:
+            for path in (self.folder / sub).glob("*.npy") if (self.folder / sub).is_dir() else []:
+                if path.name not in listed:
+                    path.unlink()
+
+    def add(self, idx: np.ndarray, y: np.ndarray | None, acts: dict[str, torch.Tensor]) -> None:
+        """Buffer one batch; write a chunk once the buffer holds CHUNK_BYTES."""
+        labels = np.full(idx.size, -1, np.int64) if y is None else y
+        self._rows.append(np.stack([idx, labels, np.full(idx.size, self._batches, np.int64)], axis=1))
+        self._batches += 1
+        for layer in self.layers:
+            form = cached_form(acts[layer["name"]], layer["feature_axis"], self.header["pool"])
+            block = form.detach().to("cpu", torch.float32).numpy().astype(self.dtype)
+            self._acts[layer["name"]].append(block)
+            self._bytes += block.nbytes
+        if self._bytes >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered batches as one chunk (called before every checkpoint, so they agree)."""
+        if not self._rows:
+            return
+        name = f"{len(self.chunks):06d}.npy"
+        rows = np.concatenate(self._rows)
+        write_with(self.folder / _ROWS / name, lambda fh: np.save(fh, rows))
+        for layer in self.layers:
+            block = np.concatenate(self._acts[layer["name"]])
+            write_with(self.folder / layer["dir"] / name, lambda fh, b=block: np.save(fh, b))
+            self._acts[layer["name"]] = []
+        batches = int(rows[-1, 2] - rows[0, 2] + 1)
+        self.chunks.append({"file": name, "rows": len(rows), "first_index": int(rows[0, 0]), "batches": batches})
+        self._rows, self._bytes = [], 0
+        self._write_index(complete=False)
+
+    def finish(self) -> None:
+        self.flush()
+        self._write_index(complete=True)
+
+    def _write_index(self, complete: bool) -> None:
+        n = sum(int(c["rows"]) for c in self.chunks)
+        index = {"format": CACHE_FORMAT, "complete": complete, **self.header, "n": n}
+        write_json(self.folder / _INDEX, {**index, "layers": self.layers, "chunks": self.chunks})
+
+
+def open_cache(
+    out: Path, header: dict[str, Any], layers: list[dict[str, Any]], chunks: list | None = None
+) -> CacheWriter:
+    """A cache writer for ``out``: continuing after ``chunks`` (from a checkpoint), or replacing any earlier
+    cache there when ``chunks`` is None."""
+    if chunks is None:
+        shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+    return CacheWriter(out, header, [{**layer, "dir": safe_name(layer["name"])} for layer in layers], chunks)
+
+
+def cache_layout(name: str, shape: tuple[int, ...], axis: int, pool: str) -> dict[str, Any]:
+    """How one layer is stored: its own shape and feature axis, and whether positions are kept."""
+    kept = keeps_positions(shape, axis, pool)
+    return {
+        "name": name,
+        "shape": list(shape),
+        "feature_axis": axis,
+        "stored": "positions" if kept else "pooled",
+        "row_shape": list(shape) if kept else [shape[axis]],
+    }
+
+
+class CacheReader:
+    """A complete cache read back streaming: the engine's source of activations when there is no model."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.folder = find_cache(path)
+        try:
+            self.index = json.loads((self.folder / _INDEX).read_text())
+        except (OSError, ValueError) as exc:
+            raise self._broken(f"its index is unreadable ({exc})") from None
+        if self.index.get("format") != CACHE_FORMAT:
+            raise self._broken(f"its format is {self.index.get('format')!r}, not {CACHE_FORMAT!r}")
+        if not self.index.get("complete"):
+            raise self._broken("it is incomplete (its run did not finish); resume that run with --resume")
+        self.layers = {layer["name"]: layer for layer in self.index["layers"]}
+        for chunk in self.index["chunks"]:
+            self._rows_of(chunk)
+            for layer in self.layers.values():
+                self._acts_of(layer, chunk)
+
+    def _broken(self, why: str) -> DirscopeError:
+        return DirscopeError(f"activation cache {self.folder} cannot be used: {why}; write it again with --cache")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.layers[name]["shape"])
+
+    def check(self, names: Sequence[str], pool: str) -> None:
+        """Refuse layers the cache lacks, and max pooling of a spatial layer cached only as means."""
+        for name in names:
+            if name not in self.layers:
+                raise DirscopeError(f"layer {name!r} is not in the cache {self.folder} (has: {', '.join(self.layers)})")
+            layer = self.layers[name]
+            if keeps_positions(layer["shape"], layer["feature_axis"], pool) and layer["stored"] != "positions":
+                raise DirscopeError(
+                    f"the cache holds mean-pooled activations of layer {name!r}; --pool max needs every position, "
+                    "so write the cache with --pool max"
+                )
+
+    def _load(self, sub: str, chunk: dict[str, Any], shape: list[int], dtype: str) -> np.ndarray:
+        path = self.folder / sub / chunk["file"]
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
+        if array.shape != (chunk["rows"], *shape) or array.dtype != np.dtype(dtype):
+            raise self._broken(
+                f"chunk {sub}/{chunk['file']} holds {array.dtype} {list(array.shape)}, the index says "
+                f"{dtype} {[chunk['rows'], *shape]}"
+            )
+        return array
+
+    def _rows_of(self, chunk: dict[str, Any]) -> np.ndarray:
+        return self._load(_ROWS, chunk, [3], "int64")
+
+    def _acts_of(self, layer: dict[str, Any], chunk: dict[str, Any]) -> np.ndarray:
+        return self._load(layer["dir"], chunk, layer["row_shape"], self.index["dtype"])
+
+    def stream(
+        self,
+        names: Sequence[str],
+        batch_size: int,
+        *,
+        start: int = 0,
+        indices: np.ndarray | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Step]:
+        """Batches of cached rows with index >= ``start`` (and < ``limit``, and in ``indices`` if given),
+        cut where the writing run's batches were cut and at most ``batch_size`` long."""
+        stop = limit if limit is not None else np.iinfo(np.int64).max
+        for chunk in self.index["chunks"]:
+            rows = np.asarray(self._rows_of(chunk))
+            if rows[-1, 0] < start:
+                continue
+            keep = (rows[:, 0] >= start) & (rows[:, 0] < stop)
+            if indices is not None:
+                keep &= np.isin(rows[:, 0], indices)
+            arrays = {name: self._acts_of(self.layers[name], chunk) for name in names}
+            for pos in _batch_positions(np.flatnonzero(keep), rows[:, 2], batch_size):
+                acts = {name: self._as_layer(name, array[pos]) for name, array in arrays.items()}
+                yield rows[pos, 0], rows[pos, 1], acts
+            if rows[-1, 0] >= stop - 1:
+                return
+
+    def _as_layer(self, name: str, block: np.ndarray) -> torch.Tensor:
+        """A block of cached rows shaped so that :func:`dirscope.project.project` reads it with the layer's axis."""
+        layer = self.layers[name]
+        tensor = torch.from_numpy(np.ascontiguousarray(block))
+        if layer["stored"] == "positions":
+            return tensor
+        view = [1] * len(layer["shape"])
+        view[layer["feature_axis"]] = layer["row_shape"][0]
+        return tensor.reshape(len(block), *view)
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset indices and labels of every cached row (small: two integers per row)."""
+        rows = [np.asarray(self._rows_of(chunk)) for chunk in self.index["chunks"]]
+        table = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+        return table[:, 0], table[:, 1]
+
+
+def _batch_positions(kept: np.ndarray, batch: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Positions of kept rows grouped by their original batch, each group cut to ``batch_size``."""
+    if kept.size == 0:
+        return
+    cuts = np.flatnonzero(np.diff(batch[kept])) + 1
+    for group in np.split(kept, cuts):
+        for i in range(0, len(group), batch_size):
+            yield group[i : i + batch_size]
+
+
+class CachedRows:
+    """Labels and images of a cached run's rows for the result: labels from the cache, images re-read
+    from the data when it can be read again (same spec and size)."""
+
+    def __init__(self, reader: CacheReader, data: Any = None) -> None:
+        described = reader.index["data"]
+        self.describe_record = described
+        self.spec = described["spec"]
+        self.size = described["size"]
+        self.label_names = described.get("label_names")
+        self._indices, self._labels = reader.labels()
+        self._images = self._image_source(data if data is not None else self.spec)
+
+    def _image_source(self, data: Any) -> DataSource | None:
+        if isinstance(data, str) and data.startswith("<"):
+            return None  # a Python object in the writing run: nothing to re-read
+        try:
+            source = load_data(data)
+        except DirscopeError as exc:
+            print(f"warning: no example images: cannot read data {data!r} again ({exc}); pass --data", file=sys.stderr)
+            return None
+        if self.size is not None and source.size != self.size:
+            raise DirscopeError(
+                f"data {source.spec!r} has {source.size} examples but the cache was written from {self.size}; "
+                "give the data the cache was written from"
+            )
+        return source
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.describe_record)
+
+    def labels_at(self, indices: np.ndarray) -> np.ndarray | None:
+        if not (self._labels >= 0).any():
+            return None
+        pos = np.searchsorted(self._indices, indices)
+        return self._labels[np.minimum(pos, len(self._labels) - 1)]
+
+    def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None:
+        return None if self._images is None else self._images.images_at(indices)

@@ -1,0 +1,121 @@
+"""Where a scan's activations come from: the model run over a data source, or an activation cache.
+
+Both give the engine the same things: the layers and their shapes, the rows' labels and images, what the
+manifest and checkpoints record about the model and data, and ``stream``: batches of (dataset indices,
+labels, activations by layer) in increasing index order, cut where an uninterrupted pass cuts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .cache import CachedRows, CacheReader, Step
+from .capture import Capture, list_layers, resolve_layers
+from .checkpoint import weights_digest
+from .data import DataSource, load_data
+from .errors import DirscopeError
+from .models import LoadedModel, load_model
+
+
+class Rows(Protocol):
+    """What the result needs to know about the rows: a DataSource, or the rows of a cache."""
+
+    spec: str
+    label_names: list[str] | None
+
+    @property
+    def size(self) -> int | None: ...
+
+    def labels_at(self, indices: np.ndarray) -> np.ndarray | None: ...
+
+    def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None: ...
+
+    def describe(self) -> dict: ...
+
+
+class Feed(Protocol):
+    rows: Rows
+    names: list[str]
+    shapes: dict[str, tuple[int, ...]]
+    model: dict[str, Any]  # spec, weights_sha256, and the source's info or the cache path
+    label_names: list[str] | None
+
+    def stream(
+        self, batch_size: int, *, start: int = 0, indices: np.ndarray | None = None, limit: int | None = None
+    ) -> Iterator[Step]: ...
+
+
+class ModelFeed:
+    """Activations from forward passes of the model, with hooks on the requested layers."""
+
+    def __init__(self, model: Any, layers: Sequence[str], data: Any, device: str) -> None:
+        self.loaded: LoadedModel = load_model(model, device)
+        self.rows: DataSource = load_data(data, preprocess=self.loaded.preprocess)
+        self.device = device
+        self.names = resolve_layers(self.loaded.module, list(layers))
+        self.shapes = self._shapes()
+        self.label_names = self.rows.label_names or self.loaded.label_names
+        self.model = {"spec": self.loaded.spec, "weights_sha256": weights_digest(self.loaded.module)}
+        if self.loaded.info:
+            self.model["info"] = self.loaded.info
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """One dry forward on the first two examples for every layer's per-example output shape."""
+        infos = {info.name: info for info in list_layers(self.loaded.module, first_inputs(self.rows).to(self.device))}
+        shapes = {}
+        for name in self.names:
+            info = infos[name]
+            if info.shape is None:
+                raise DirscopeError(f"layer {name!r} did not produce a tensor in a dry forward; choose another layer")
+            if info.calls > 1:
+                raise DirscopeError(f"layer {name!r} runs {info.calls} times per forward pass; hook one of its callers")
+            shapes[name] = info.shape
+        return shapes
+
+    def stream(
+        self, batch_size: int, *, start: int = 0, indices: np.ndarray | None = None, limit: int | None = None
+    ) -> Iterator[Step]:
+        """Rows past ``limit`` are dropped before the forward pass, which stops at the last hooked layer."""
+        if indices is not None:
+            batches = self.rows.batches(batch_size, indices)
+        else:
+            batches = self.rows.batches_from(batch_size, start)
+        with Capture(self.loaded.module, self.names) as capture:
+            for batch in batches:
+                x, idx, y = batch.x, batch.indices, batch.y
+                if limit is not None and idx[-1] >= limit:
+                    keep = idx < limit
+                    x, idx, y = x[torch.from_numpy(keep)], idx[keep], None if y is None else y[keep]
+                if idx.size:
+                    yield idx, y, capture.run(x.to(self.device, non_blocking=True))
+                if limit is not None and batch.indices[-1] >= limit - 1:
+                    return
+
+
+class CacheFeed:
+    """Activations read back from an activation cache, with no model."""
+
+    def __init__(self, path: Any, layers: Sequence[str] | None, data: Any, pool: str) -> None:
+        self.reader = CacheReader(path)
+        self.names = list(layers) if layers else self.reader.names
+        self.reader.check(self.names, pool)
+        self.shapes = {name: self.reader.shape(name) for name in self.names}
+        self.rows = CachedRows(self.reader, data)
+        self.label_names = self.rows.label_names
+        self.model = {**self.reader.index["model"], "from_cache": str(self.reader.folder.resolve())}
+
+    def stream(
+        self, batch_size: int, *, start: int = 0, indices: np.ndarray | None = None, limit: int | None = None
+    ) -> Iterator[Step]:
+        return self.reader.stream(self.names, batch_size, start=start, indices=indices, limit=limit)
+
+
+def first_inputs(source: DataSource) -> torch.Tensor:
+    """The first (up to) two model inputs of a source, for dry forwards."""
+    for batch in source.batches(2):
+        return batch.x
+    raise DirscopeError(f"data {source.spec!r} yielded no examples; check the dataset")

@@ -5,14 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint bench data venv clean
+.PHONY: demo test lint bench data browser screenshots venv clean
 
 demo: data
 	$(BIN)/dirscope demo --out runs/demo
 
-test: data
+test: data browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# The report and study pages as the docs show them, taken by the test suite's browser from a real MNIST run.
+screenshots: data browser
+	DIRSCOPE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/test_report.py -k screenshots
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
@@ -44,6 +48,10 @@ data: venv
 	$(BIN)/dirscope fetch mnist
 	$(call apt_install,$(FASHION_DIR)/t10k-images-idx3-ubyte.gz,dataset-fashion-mnist,Fashion-MNIST parts)
 	$(call apt_install,/usr/share/wordnet/data.noun,wordnet-base,WordNet scores)
+
+# Debian's chromium drives the browser tests of the report and the study (Playwright never downloads one).
+browser:
+	$(call apt_install,/usr/bin/chromium,chromium,the browser tests)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

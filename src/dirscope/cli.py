@@ -277,6 +277,104 @@ def figures(run_dir: Path, rows: int) -> None:
 
 
 @cli.command(context_settings=_SETTINGS)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file to write (default: RUN_DIR/report.html).",
+)
+@click.option("--open", "open_it", is_flag=True, help="Open the report in the default web browser afterwards.")
+def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
+    """Write a self-contained HTML report of RUN_DIR: the verdict, plots and one card per direction.
+
+    The file works offline from file:// and loads nothing from any host. Without `dirscope score` the
+    scores are marked as not computed.
+    """
+    from .report import write_report
+
+    path = write_report(run_dir, out)
+    click.echo(f"wrote {path}")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+class _StudyGroup(click.Group):
+    """`dirscope study RUN_DIR` runs the default subcommand `make`; `dirscope study score ...` scores."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            return "make", self.commands["make"], args
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=_StudyGroup, context_settings={**_SETTINGS, "ignore_unknown_options": True})
+def study() -> None:
+    """A blinded human study: people rate the top-k grids of a shuffled mix of units and random directions.
+
+    \b
+      dirscope study RUN_DIR                          # = dirscope study make RUN_DIR: writes study.html
+      dirscope study score RUN_DIR answers.json ...   # statistics of one or more people's answers
+
+    See `dirscope study make --help` and `dirscope study score --help` for their options.
+    """
+
+
+@study.command("make", context_settings=_SETTINGS)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--families",
+    default="basis,random",
+    show_default=True,
+    help="Families to compare, joined by commas; each gets the same number of directions per layer.",
+)
+@click.option(
+    "--per-family",
+    default=10,
+    show_default=True,
+    type=int,
+    help="Directions per family and layer (fewer when a family has fewer).",
+)
+@click.option("--layer", "layers", multiple=True, help="Layer to draw from (repeat); default: every layer of the run.")
+@click.option("--seed", default=None, type=int, help="Seed of the draw and the order (default: the run's seed).")
+@click.option("--guess/--no-guess", default=True, show_default=True, help="Also ask which family each grid is.")
+def study_make(run_dir: Path, families: str, per_family: int, layers: tuple[str, ...], seed: int | None, guess: bool):
+    """Write RUN_DIR/study.html (the session to send to people) and RUN_DIR/study.json (its key).
+
+    The page shows only top-k image grids under opaque ids, in a seeded shuffled order: no family, id or
+    value. Progress stays in the browser; at the end people export answers.json and send it back.
+    """
+    from .report import make_study
+
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    made = make_study(run_dir, families=names, per_family=per_family, layers=layers or None, seed=seed, guess=guess)
+    click.echo(f"study {made.id}: {len(made.key['items'])} grids ({', '.join(names)}, shuffled)")
+    click.echo(f"wrote {made.page} (send it to the raters) and {made.key_path} (the key: keep it with the run)")
+
+
+@study.command("score", context_settings=_SETTINGS)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("answers", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--n-boot", default=2000, show_default=True, type=int, help="Bootstrap resamples per CI.")
+@click.option("--seed", default=None, type=int, help="Seed of the bootstrap (default: the study's seed).")
+def study_score(run_dir: Path, answers: tuple[Path, ...], n_boot: int, seed: int | None) -> None:
+    """Score the ANSWERS files (one per person, merged) of the study in RUN_DIR.
+
+    Prints the mean rating per family with a bootstrap CI, a Mann-Whitney rank test between families, the
+    accuracy of the guesses against chance with a Clopper-Pearson CI, and the Spearman agreement with the
+    automatic scores; writes the same to RUN_DIR/study-scores.json.
+    """
+    from .report.study import score_study, summary_lines
+
+    scores = score_study(run_dir, answers, n_boot=n_boot, seed=seed)
+    for line in summary_lines(scores):
+        click.echo(line)
+    click.echo(f"wrote {run_dir / 'study-scores.json'}")
+
+
+@cli.command(context_settings=_SETTINGS)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, quiet: bool) -> None:

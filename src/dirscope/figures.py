@@ -135,7 +135,12 @@ def direction_title(result: Result, layer: str, direction: int) -> str:
     """``basis: unit 12`` for units, ``random #3`` for other families."""
     meta = result.directions
     row = meta[(meta.layer == layer) & (meta.direction == direction)].iloc[0]
-    return f"{row.family}: unit {row.unit}" if row.unit >= 0 else f"{row.family} #{row.member}"
+    return title_of(str(row.family), int(row.unit), int(row.member))
+
+
+def title_of(family: str, unit: int, member: int) -> str:
+    """The one naming rule for directions, shared by the figures and the report."""
+    return f"{family}: unit {unit}" if unit >= 0 else f"{family} #{member}"
 
 
 def direction_row(result: Result, layer: str, direction: int, sign: str = "max") -> GridRow:

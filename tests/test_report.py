@@ -1,0 +1,499 @@
+"""The report and the blinded study: page data, the study statistics against brute force, bad answer files,
+and (when Debian's chromium is installed) the pages themselves in a real headless browser."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dirscope.cli import main
+from dirscope.compare import mean_ci
+from dirscope.errors import DirscopeError
+from dirscope.report import make_study, score_study, write_report
+from dirscope.report.page import embed_json
+from dirscope.report.study import guess_accuracy, rank_tests, read_key, spearman
+from dirscope.seeding import numpy_rng
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+# Each payload sets a flag or opens a dialog if it ever runs; module names cannot contain ".", hence alert().
+PAYLOADS = [
+    "<script>window.__xss = 1</script>",
+    '<img src=x onerror="window.__xss = 2">',
+    '"><svg onload="window.__xss = 3">',
+    "&amp; </script><script>window.__xss = 4</script>",
+]
+EVIL_LAYER = "<img src=x onerror=alert(5)>"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A scored tiny run whose file name, layer name and class names are HTML/script payloads, and a copy
+    of it without scores."""
+    import torch
+    from torch import nn
+
+    import dirscope
+
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 160)
+    x = (rng.random((160, 1, 8, 8)) * 100).astype(np.uint8)
+    for i, label in enumerate(y):
+        x[i, 0, 2 * label : 2 * label + 2, :] = 255
+    data = root / "<img src=x onerror=alert(6)>.npz"
+    np.savez(data, x=x, y=y, label_names=np.array(PAYLOADS))
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict([("flat", nn.Flatten()), (EVIL_LAYER, nn.Linear(64, 8)), ("relu", nn.ReLU())]))
+    scored = root / "scored"
+    dirscope.run(
+        model,
+        [EVIL_LAYER, "relu"],
+        f"npz:{data}",
+        "basis,random:8",
+        k=5,
+        out=str(scored),
+        progress=False,
+        null_sample=80,
+        figures=False,
+    )
+    dirscope.score(scored, metrics=["label_purity", "kurtosis"], null_draws=100, n_boot=100, n_perm=200, plots=False)
+    plain = root / "plain"
+    shutil.copytree(scored, plain)
+    (plain / "scores.parquet").unlink()
+    (plain / "verdict.json").unlink()
+    return {"scored": scored, "plain": plain}
+
+
+def page_data(path: Path) -> dict:
+    text = path.read_text()
+    start = text.index('<script type="application/json" id="data">') + len('<script type="application/json" id="data">')
+    return json.loads(text[start : text.index("</script>", start)])
+
+
+# ---- the pages' data ------------------------------------------------------------------------------------
+
+
+def test_embedded_json_cannot_close_its_script_element():
+    value = {"a": "</script><script>alert(1)</script>", "b": "x & y <!-- \u2028"}
+    text = embed_json(value)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == value
+
+
+def test_report_holds_every_direction_escaped_and_no_remote_reference(runs):
+    path = write_report(runs["scored"])
+    text = path.read_text()
+    assert path == runs["scored"] / "report.html"
+    assert "Content-Security-Policy" in text and "default-src 'none'" in text
+    for payload in [*PAYLOADS, EVIL_LAYER]:
+        assert payload not in text
+    assert "http://" not in text and "https://" not in text and 'src="//' not in text
+    data = page_data(path)
+    assert len(data["dirs"]) == 2 * 16
+    assert {d["top"][0][2] for d in data["dirs"]} <= set(PAYLOADS)
+    assert any(m["metric"] == "label_purity" and m["set"] == "max" for m in data["metrics"])
+    assert data["verdict"]["conclusions"].keys() == {EVIL_LAYER, "relu"}
+    assert set(data["images"]) >= {str(c[0]) for d in data["dirs"] for c in d["top"] + d["bot"]}
+
+
+def test_report_without_scores_marks_them_not_computed(runs):
+    data = page_data(write_report(runs["plain"], runs["plain"] / "other.html"))
+    assert data["verdict"] is None and data["metrics"] == [] and all(d["m"] == [] for d in data["dirs"])
+
+
+def test_report_never_imports_torch(runs, tmp_path):
+    code = (
+        "import sys; from dirscope.report import write_report, make_study, score_study; "
+        f"write_report({str(runs['plain'])!r}, {str(tmp_path / 'r.html')!r}); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_study_is_balanced_shuffled_blinded_and_reproducible(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=3, seed=1)
+    items = study.key["items"]
+    assert len(items) == 2 * 2 * 3
+    counts = pd.DataFrame(items).groupby(["layer", "family"]).size()
+    assert (counts == 3).all()
+    assert [it["family"] for it in items] != sorted(it["family"] for it in items)  # shuffled
+    data = page_data(study.page)
+    assert [set(it) for it in data["items"]] == [{"id", "cells"}] * len(items)
+    assert [it["id"] for it in data["items"]] == [it["id"] for it in items]
+    assert all(re.fullmatch("i[0-9a-f]{10}", it["id"]) for it in items) and len({it["id"] for it in items}) == 12
+    assert make_study(run, per_family=3, seed=1).id == study.id
+    assert make_study(run, per_family=3, seed=2).id != study.id
+    assert len(make_study(run, per_family=50, layers=["relu"]).key["items"]) == 16  # capped at 8 per family
+
+
+def test_study_refuses_families_the_run_lacks(runs):
+    with pytest.raises(DirscopeError, match="no family 'pca'"):
+        make_study(runs["plain"], families=["basis", "pca"])
+
+
+# ---- the study's statistics against brute force ----------------------------------------------------------
+
+
+def test_mann_whitney_matches_exhaustive_enumeration():
+    x, y = np.array([1.5, 2.0, 3.25, 4.5, 5.0]), np.array([0.5, 1.0, 2.5, 3.0])
+    per_item = pd.DataFrame({"mean": np.r_[x, y], "family": ["a"] * 5 + ["b"] * 4})
+    (test,) = rank_tests(per_item, ["a", "b"])
+    u = sum((a > b) + 0.5 * (a == b) for a in x for b in y)
+    pooled = np.r_[x, y]
+    us = [
+        sum(pooled[i] > b for i in chosen for b in np.delete(pooled, chosen))
+        for chosen in map(list, itertools.combinations(range(9), 5))
+    ]
+    centre = len(x) * len(y) / 2
+    p = np.mean([abs(v - centre) >= abs(u - centre) for v in us])
+    assert test["u"] == u and test["p_value"] == pytest.approx(p, rel=1e-6)
+    assert test["cliffs_delta"] == pytest.approx((2 * u - 20) / 20)
+
+
+def test_guess_accuracy_binomial_test_and_clopper_pearson_interval():
+    families = pd.Series(["basis"] * 6 + ["random"] * 6)
+    answers = pd.DataFrame(
+        {"guess": ["basis"] * 9 + ["random"] * 3 + [None] * 2, "family": ["basis"] * 7 + ["random"] * 7}
+    )
+    g = guess_accuracy(answers, families)
+    n, k = 12, 10  # guesses 0-6 right (basis), 7-8 wrong, 9-11 right (random), 12-13 not given
+    assert (g["n"], g["correct"], g["chance"]) == (n, k, 0.5)
+    pmf = stats.binom.pmf(np.arange(n + 1), n, 0.5)
+    assert g["p_value"] == pytest.approx(pmf[pmf <= pmf[k] * (1 + 1e-7)].sum(), rel=1e-5)
+
+    def bisect(f, lo=0.0, hi=1.0):  # root of an increasing function on [0, 1]
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+        return lo
+
+    low = bisect(lambda p: stats.binom.sf(k - 1, n, p) - 0.025)  # P(X >= k | low) = 2.5%
+    high = bisect(lambda p: 0.025 - stats.binom.cdf(k, n, p))  # P(X <= k | high) = 2.5%
+    assert g["ci_low"] == pytest.approx(low, abs=1e-5) and g["ci_high"] == pytest.approx(high, abs=1e-5)
+
+
+def test_spearman_is_pearson_of_average_ranks():
+    rng = np.random.default_rng(3)
+    ratings = rng.integers(1, 6, 30).astype(float)  # many ties
+    scores = ratings + rng.normal(size=30)
+    scores[4] = np.nan
+
+    def ranks(v):
+        order = np.argsort(v)
+        r = np.empty(len(v))
+        r[order] = np.arange(1, len(v) + 1)
+        return np.array([r[v == value].mean() for value in v])  # ties get their average rank
+
+    keep = np.isfinite(scores)
+    expected = np.corrcoef(ranks(ratings[keep]), ranks(scores[keep]))[0, 1]
+    result = spearman(ratings, scores)
+    assert result["n"] == 29 and result["rho"] == pytest.approx(expected, abs=1e-6)
+    assert spearman(np.ones(5), np.arange(5.0))["rho"] is None
+
+
+def answers_file(path: Path, study: str, ratings: dict[str, int], rater: str, guesses: dict | None = None) -> Path:
+    doc = {
+        "format": "dirscope-study-answers",
+        "version": 1,
+        "study": study,
+        "rater": rater,
+        "answers": [{"item": i, "rating": r, "guess": (guesses or {}).get(i)} for i, r in ratings.items()],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_scores_merge_people_by_item_means(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["scored"], run)
+    study = make_study(run, per_family=3)
+    items = study.key["items"]
+    first = {it["id"]: 1 + i % 5 for i, it in enumerate(items)}
+    second = {it["id"]: 5 - i % 3 for i, it in enumerate(items[:7])}
+    guesses = {it["id"]: "basis" for it in items}
+    a = answers_file(tmp_path / "a.json", study.id, first, "r1", guesses)
+    b = answers_file(tmp_path / "b.json", study.id, second, "r2")
+    scores = score_study(run, [a, b], n_boot=300)
+    assert json.loads((run / "study-scores.json").read_text()) == scores
+    means = {it["id"]: np.mean([r[it["id"]] for r in (first, second) if it["id"] in r]) for it in items}
+    for family in ("basis", "random"):
+        values = [means[it["id"]] for it in items if it["family"] == family]
+        mean, low, high = mean_ci(values, rng=numpy_rng(study.key["seed"], "study-mean", family), n_boot=300)
+        got = scores["families"][family]
+        assert got["mean"] == pytest.approx(mean) and got["ci_low"] == pytest.approx(low)
+        assert got["ci_high"] == pytest.approx(high) and got["n_items"] == 6
+    assert scores["n_ratings"] == len(first) + len(second) and scores["raters"] == ["r1", "r2"]
+    assert scores["guesses"]["correct"] == 6 and scores["guesses"]["n"] == 12
+    purity = next(m for m in scores["agreement"]["metrics"] if m["metric"] == "label_purity" and m["sign"] == "max")
+    table = pd.read_parquet(run / "scores.parquet").query("metric == 'label_purity' and sign == 'max'")
+    auto = table.set_index(["layer", "direction"])["score"]
+    expected = stats.spearmanr([means[it["id"]] for it in items], [auto[it["layer"], it["direction"]] for it in items])
+    assert purity["rho"] == pytest.approx(expected.statistic, abs=1e-6)
+
+
+def test_scores_without_automatic_scores_say_not_computed(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2, guess=False)
+    path = answers_file(tmp_path / "a.json", study.id, {it["id"]: 3 for it in study.key["items"]}, "r")
+    scores = score_study(run, [path])
+    assert not scores["agreement"]["computed"] and "not computed" in scores["agreement"]["note"]
+    assert scores["guesses"] is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda text, doc: text[: len(text) // 2], "not valid JSON .* truncated"),
+        (lambda text, doc: json.dumps({**doc, "study": "0123456789ab"}), "study '0123456789ab', but"),
+        (lambda text, doc: json.dumps({**doc, "answers": [{**doc["answers"][0], "rating": 6}]}), "rating 6; ratings"),
+        (lambda text, doc: json.dumps({**doc, "answers": [{**doc["answers"][0], "rating": 2.5}]}), "rating 2.5"),
+        (lambda text, doc: json.dumps({**doc, "answers": [{**doc["answers"][0], "rating": True}]}), "rating True"),
+        (lambda text, doc: json.dumps({**doc, "answers": [{**doc["answers"][0], "item": "ixx"}]}), "not part of"),
+        (lambda text, doc: json.dumps({**doc, "answers": [{**doc["answers"][0], "guess": "pca"}]}), "guess 'pca'"),
+        (lambda text, doc: json.dumps({**doc, "answers": []}), "has no answers"),
+        (lambda text, doc: json.dumps([1, 2]), "not a dirscope answers file"),
+    ],
+)
+def test_bad_answer_files_get_one_line_errors(runs, tmp_path, capsys, mutate, message):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    good = answers_file(tmp_path / "good.json", study.id, {it["id"]: 3 for it in study.key["items"]}, "r")
+    bad = tmp_path / "bad.json"
+    bad.write_text(mutate(good.read_text(), json.loads(good.read_text())))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "score", str(run), str(bad)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_same_person_twice_and_missing_key_are_refused(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    with pytest.raises(DirscopeError, match=r"no study\.json"):
+        read_key(run)
+    study = make_study(run, per_family=2)
+    a = answers_file(tmp_path / "a.json", study.id, {study.key["items"][0]["id"]: 2}, "same")
+    b = answers_file(tmp_path / "b.json", study.id, {study.key["items"][1]["id"]: 2}, "same")
+    with pytest.raises(DirscopeError, match="same person"):
+        score_study(run, [a, b])
+
+
+def test_cli_report_and_study(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    main(["report", str(run), "--out", str(tmp_path / "x.html")])
+    main(["study", "--per-family", "2", "--no-guess", str(run)])
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'x.html'}" in out and "8 grids" in out and (run / "study.html").is_file()
+    assert read_key(run)["guess"] is False
+
+
+# ---- in a real browser ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian chromium with a fresh profile, driven by Playwright (never its own downloads)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent; `make test` installs Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            accept_downloads=True,
+            viewport={"width": 1280, "height": 900},
+        )
+        yield context
+        context.close()
+
+
+class Watched:
+    """A page whose console errors, uncaught exceptions, dialogs and requests are recorded."""
+
+    def __init__(self, context) -> None:
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+    def check_clean(self) -> None:
+        """No error, no dialog, no script from the data, and nothing fetched but the file itself and data: URIs."""
+        assert self.errors == [] and self.dialogs == []
+        assert self.page.evaluate("window.__xss") is None
+        assert all(u.startswith(("file:", "data:")) for u in self.requests), self.requests
+        self.page.close()
+
+
+def open_page(context, path: Path) -> Watched:
+    watched = Watched(context)
+    watched.page.goto(path.resolve().as_uri())
+    return watched
+
+
+def loaded_images(page, selector: str) -> tuple[int, int]:
+    return page.evaluate(
+        f"() => {{ const imgs = [...document.querySelectorAll({json.dumps(selector)})];"
+        " return [imgs.length, imgs.filter((i) => i.complete && i.naturalWidth > 0).length]; }"
+    )
+
+
+def test_browser_report_cards_images_filter_sort_search(browser, runs):
+    w = open_page(browser, write_report(runs["scored"]))
+    page = w.page
+    assert EVIL_LAYER in page.inner_text("#overview")  # the name is shown, as text
+    page.click("#tabs button[data-tab=directions]")
+    assert page.locator(".card").count() == 20
+    total, ok = loaded_images(page, "#cards img")
+    assert total == 20 * 2 * 5 and ok == total
+    assert PAYLOADS[0] in page.inner_text("#cards")  # labels appear literally
+
+    page.select_option("#f-layer", label="relu")
+    page.select_option("#f-family", label="random")
+    assert set(page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.layer + '/' + c.dataset.family)")) == {
+        "relu/random"
+    }
+    page.select_option("#f-sort", label="label_purity (top-k)")
+    page.click("#f-order")  # descending
+    shown = page.eval_on_selector_all(".card", "cs => cs.map(c => Number(c.dataset.direction))")
+    scores = pd.read_parquet(runs["scored"] / "scores.parquet").query(
+        "layer == 'relu' and family == 'random' and metric == 'label_purity' and sign == 'max'"
+    )
+    by_direction = scores.set_index("direction")["score"]
+    assert len(shown) == 8 and [by_direction[d] for d in shown] == sorted(by_direction, reverse=True)
+    page.select_option("#f-family", label="all families")
+    page.fill("#f-search", "3")
+    assert page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.direction)") == ["3"]
+    page.fill("#f-search", "")
+    page.select_option("#f-layer", label="all layers")
+    page.select_option("#f-sort", label="direction id")
+    page.click("#next")
+    assert page.inner_text("#count").startswith("21")
+
+    page.click("#tabs button[data-tab=side]")
+    assert page.locator("#side-panels .panel").count() == 2
+    assert page.locator("#side-panels .siderow").count() == 2 * 8
+    page.click("#tabs button[data-tab=plots]")
+    w.check_clean()
+
+
+def test_browser_report_without_scores(browser, runs):
+    w = open_page(browser, write_report(runs["plain"]))
+    assert "not computed" in w.page.inner_text("#overview")
+    w.page.click("#tabs button[data-tab=directions]")
+    assert w.page.locator(".card .notcomputed").count() == 20
+    w.check_clean()
+
+
+def test_browser_blinded_session_survives_reload_and_exports_scorable_answers(browser, runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["scored"], run)
+    study = make_study(run, per_family=3)
+    items = study.key["items"]
+    w = open_page(browser, study.page)
+    page = w.page
+    text = page.inner_text("body")
+    assert "basis" not in page.content().split('id="data"')[0] and "label_purity" not in text
+    page.click("#start")
+    ratings = {}
+    for i, item in enumerate(items):
+        if i == len(items) // 2:  # reload mid-way: everything so far must survive
+            page.reload()
+            assert page.inner_text("#position").startswith(f"Grid {i + 1} of {len(items)}")
+            page.click("#back")
+            assert page.locator(f"[data-rating='{ratings[items[i - 1]['id']]}'].chosen").count() == 1
+            page.click("#next")
+        total, ok = loaded_images(page, ".grid img")
+        assert total == 5 and ok == 5
+        assert page.locator("figcaption").count() == 0  # no values, labels or ids
+        ratings[item["id"]] = 1 + (3 if item["family"] == "basis" else 0) + i % 2
+        page.click(f"[data-rating='{ratings[item['id']]}']")
+        page.click(f"[data-guess='{item['family'] if i % 3 else 'random'}']")
+        page.click("#next")
+    assert "You rated 12 of 12" in page.inner_text("#summary")
+    with page.expect_download() as download:
+        page.click("#export")
+    answers = tmp_path / "answers.json"
+    download.value.save_as(answers)
+    w.check_clean()
+
+    doc = json.loads(answers.read_text())
+    assert doc["study"] == study.id and {a["item"]: a["rating"] for a in doc["answers"]} == ratings
+    main(["study", "score", str(run), str(answers)])
+    out = capsys.readouterr().out
+    assert "mean rating" in out and "guesses:" in out and "label_purity (top-k): rho" in out
+    scores = json.loads((run / "study-scores.json").read_text())
+    assert scores["families"]["basis"]["mean"] > scores["families"]["random"]["mean"]
+    assert scores["guesses"]["n"] == 12
+
+
+def test_browser_runs_no_script_from_the_data(browser, runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["scored"], run)
+    for page_path in (write_report(run), make_study(run, per_family=2).page):
+        w = open_page(browser, page_path)
+        for tab in ("directions", "side", "plots"):
+            if w.page.locator(f"#tabs button[data-tab={tab}]").count():
+                w.page.click(f"#tabs button[data-tab={tab}]")
+        if w.page.locator("#start").count():
+            w.page.click("#start")
+        w.page.wait_for_timeout(200)  # give an injected onerror handler time to fire
+        w.check_clean()
+
+
+@pytest.mark.skipif(os.environ.get("DIRSCOPE_SCREENSHOTS") != "1", reason="set DIRSCOPE_SCREENSHOTS=1 to refresh")
+def test_browser_screenshots_for_the_docs(browser, tmp_path):
+    """docs/figures/report.png and study.png, from a real MNIST run (needs `dirscope fetch mnist`)."""
+    import dirscope
+
+    run = tmp_path / "mnist"
+    dirscope.run("mnist-cnn", ["conv2", "fc1"], "mnist", "basis,random:64,rotation", k=9, out=str(run), progress=False)
+    dirscope.score(run)
+    w = open_page(browser, write_report(run))
+    w.page.click("#tabs button[data-tab=directions]")
+    w.page.select_option("#f-layer", label="fc1")
+    w.page.screenshot(path=str(DOCS / "report.png"))
+    w.check_clean()
+    w = open_page(browser, make_study(run).page)
+    w.page.evaluate("localStorage.clear()")
+    w.page.reload()
+    w.page.click("#start")
+    w.page.click("[data-rating='4']")
+    w.page.set_viewport_size({"width": 900, "height": 640})
+    w.page.screenshot(path=str(DOCS / "study.png"))
+    w.check_clean()

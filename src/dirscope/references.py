@@ -1,8 +1,11 @@
 """Reference embeddings for ``embedding_coherence``: an independent network's view of the examples.
 
-A reference is ``pixels`` (the display images, a weak baseline), or ``SPEC@LAYER`` for any model spec
-and layer (e.g. ``mnist-mlp@fc2``). The built-in networks are each other's default references: trained
-separately, with a different seed and architecture, so their agreement is not the scanned model's own.
+A reference is ``pixels`` (the display images, a weak baseline), ``hog`` (histograms of oriented
+gradients, a classical descriptor that no network learned), or ``SPEC@LAYER`` for any model spec and layer
+(e.g. ``mnist-mlp@fc2``). The built-in networks are each other's default references: trained separately,
+with a different seed and architecture, so their agreement is not the scanned model's own. ImageNet models
+get EfficientNet-Lite0's penultimate features; Lite0 itself, with no second natural-image network
+available offline, gets ``hog``.
 """
 
 from __future__ import annotations
@@ -20,20 +23,37 @@ from .models import load_model
 from .project import feature_axis, positions
 
 PIXELS = "pixels"
-# For each built-in model: an independent reference (other architecture, trained separately).
+HOG = "hog"
+LITE0_FEATURES = "efficientnet-lite0@_dropout"
+# For each model source: an independent reference (other architecture, trained separately).
 DEFAULT_REFERENCES = {
     "mnist-cnn": "mnist-mlp@fc2",
     "mnist-mlp": "mnist-cnn@fc1",
     "fashion-cnn": "fashion-mlp@fc2",
     "fashion-mlp": "fashion-cnn@fc1",
+    "efficientnet-lite0": HOG,
+    "torchvision": LITE0_FEATURES,
+    "timm": LITE0_FEATURES,
 }
 PIXEL_SIDE = 32  # images of differing sizes are resized to this square for the pixel baseline
+HOG_SIDE = 64
 
 
 def default_references(model_spec: str) -> list[str]:
-    """The pixel baseline plus, for a built-in model, its independent reference network."""
+    """The pixel baseline plus the model source's independent reference, where it has one."""
     other = DEFAULT_REFERENCES.get(model_spec.split(":")[0])
     return [PIXELS] + ([other] if other else [])
+
+
+def hog_embeddings(images: Mapping[int, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """HOG descriptors [P, F] of the display images, each as a 64 x 64 grayscale square."""
+    from skimage.feature import hog
+
+    missing = [int(r) for r in rows if int(r) not in images]
+    if missing:
+        raise DirscopeError(f"the run has no image for rows {missing[:5]}; the hog reference needs image data")
+    squares = (Image.fromarray(images[int(r)]).convert("L").resize((HOG_SIDE, HOG_SIDE)) for r in rows)
+    return np.stack([hog(np.asarray(sq), pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for sq in squares])
 
 
 def pixel_embeddings(images: Mapping[int, np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -59,7 +79,7 @@ def model_embeddings(
     spec, _, layer = reference.rpartition("@") if "@" in reference else (reference, "", "")
     loaded = load_model(spec, device)
     if not layer:
-        builtin = {v.split("@")[0]: v.split("@")[1] for v in DEFAULT_REFERENCES.values()}
+        builtin = {v.split("@")[0]: v.split("@")[1] for v in DEFAULT_REFERENCES.values() if "@" in v}
         layer = builtin.get(spec, "")
         if not layer:
             raise DirscopeError(f"give the reference layer as {spec}@LAYER (see `dirscope layers {spec}`)")

@@ -135,7 +135,7 @@ def _gather_pool_data(
     A default reference that cannot run is skipped with a notice; one the user named (``strict``) fails.
     """
     from .metrics.wordnet import label_similarity
-    from .references import PIXELS, model_embeddings, pixel_embeddings
+    from .references import HOG, PIXELS, hog_embeddings, model_embeddings, pixel_embeddings
 
     scored: list[tuple[str, Metric]] = []
     for name in wanted:
@@ -159,6 +159,8 @@ def _gather_pool_data(
                 try:
                     if ref == PIXELS:
                         pool.data[key] = pixel_embeddings(result.images, pool.rows)
+                    elif ref == HOG:
+                        pool.data[key] = hog_embeddings(result.images, pool.rows)
                     else:
                         pool.data[key] = model_embeddings(ref, pool.rows, _data_for(result, data), device)
                 except DirscopeError as exc:

@@ -6,7 +6,7 @@ here, where the function ``fetch`` would shadow its module.
 
 from __future__ import annotations
 
-from . import builtin, folder, npz  # noqa: F401  (importing a family registers its sources)
+from . import builtin, folder, npz, photos  # noqa: F401  (importing a family registers its sources)
 from .arrays import ArraySource
 from .base import Batch, DataSource, to_display_image
 from .python import IterableSource, TorchDatasetSource, load_data

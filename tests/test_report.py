@@ -307,14 +307,20 @@ def test_same_person_twice_and_missing_key_are_refused(runs, tmp_path):
         score_study(run, [a, b])
 
 
-def test_cli_report_and_study(runs, tmp_path, capsys):
+def test_cli_report_and_study(runs, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(runs["plain"], run)
-    main(["report", str(run), "--out", str(tmp_path / "x.html")])
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    main(["report", str(run), "--out", str(tmp_path / "x.html"), "--open"])
+    assert opened == [(tmp_path / "x.html").as_uri()]
     main(["study", "--per-family", "2", "--no-guess", str(run)])
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'x.html'}" in out and "8 grids" in out and (run / "study.html").is_file()
     assert read_key(run)["guess"] is False
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path)])
+    assert exit_info.value.code == 2 and "not a complete dirscope run" in capsys.readouterr().err
 
 
 # ---- in a real browser ---------------------------------------------------------------------------------
@@ -325,8 +331,9 @@ def browser():
     """A headless Debian chromium with a fresh profile, driven by Playwright (never its own downloads)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent; `make test` installs Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as p:
+    from playwright.sync_api import sync_playwright  # in the dev extra: its absence is an error, not a skip
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             profile,
             executable_path=CHROMIUM,

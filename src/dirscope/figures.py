@@ -1,8 +1,10 @@
 """Szegedy-style image grids: one row per direction, its most extreme examples left to right.
 
-``render_panels`` is the one grid renderer; figures, the notebook view and the report all use it. The
-images are pasted into one mosaic and drawn with a single ``imshow``, so a grid of hundreds of examples
-renders in well under a second.
+``render_panels`` is the one grid renderer of PNG figures (files and the notebook view). The images are
+pasted into one mosaic and drawn with a single ``imshow``, so a grid of hundreds of examples renders in well
+under a second. The HTML report draws its grids in the browser from the stored example PNGs instead (one
+``imageGrid`` in report/templates/common.js), with the same row titles (``title_of``) and samples
+(``pick_directions``): rendering 10,000 directions to PNG up front would make it slow and large.
 """
 
 from __future__ import annotations

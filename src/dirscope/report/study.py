@@ -86,8 +86,11 @@ def make_study(
     items = _draw_items(result, layers, families, per_family, seed)
     key: dict[str, Any] = {
         "format": KEY_FORMAT,
-        "run": {k: result.manifest[k] for k in ("created",) if k in result.manifest}
-        | {"model": result.manifest["model"]["spec"], "data": result.manifest["data"].get("spec")},
+        "run": {
+            "model": result.manifest["model"]["spec"],
+            "data": result.manifest["data"].get("spec"),
+            "created": result.manifest.get("created"),
+        },
         "families": families,
         "layers": layers,
         "per_family": per_family,
@@ -111,7 +114,7 @@ def make_study(
         "ends": list(SCALE_ENDS),
         "guess": _guess_question(families) if guess else None,
         "items": page_items,
-        "images": {i: b64 for i, b64 in ((str(k), v) for k, v in images.items()) if i in needed},
+        "images": {str(i): b64 for i, b64 in images.items() if str(i) in needed},
     }
     page, key_path = run_dir / "study.html", run_dir / "study.json"
     write_json(key_path, key)

@@ -27,21 +27,22 @@ def cli() -> None:
 @click.option(
     "--model",
     "model",
-    required=True,
-    help="Model spec: mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp, python:MODULE:CALLABLE or torchscript:PATH.",
+    default=None,
+    help="Model spec: mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp, python:MODULE:CALLABLE or torchscript:PATH. "
+    "Required unless --from-cache.",
 )
 @click.option(
     "--layer",
     "layers",
     multiple=True,
-    required=True,
     help="Layer name (repeat for several; all are captured in one pass), or `all` for every leaf layer. "
-    "See `dirscope layers MODEL`.",
+    "See `dirscope layers MODEL`. With --from-cache: default every cached layer.",
 )
 @click.option(
     "--data",
-    required=True,
-    help="Data spec: mnist, mnist:train, fashion-mnist, npz:PATH, folder:PATH, mnist-full.",
+    default=None,
+    help="Data spec: mnist, mnist:train, fashion-mnist, npz:PATH, folder:PATH, mnist-full. Required unless "
+    "--from-cache, which re-reads example images from the cache's data spec unless --data names where it is now.",
 )
 @click.option(
     "--directions",
@@ -79,14 +80,51 @@ def cli() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
 @click.option("--score", "then_score", is_flag=True, help="Score the run afterwards, as `dirscope score` does.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the unfinished run in --out from its checkpoint (same settings), with the same results "
+    "as an uninterrupted run.",
+)
+@click.option(
+    "--checkpoint-every",
+    default=60.0,
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="Write the scan state to --out/checkpoint this often, for --resume after a crash; 0: never.",
+)
+@click.option(
+    "--cache",
+    is_flag=True,
+    help="Also write every layer's activations to --out/cache, so later runs with --from-cache need no model. "
+    "Spatial layers under --pool max keep every position; others keep the mean over positions.",
+)
+@click.option(
+    "--cache-dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of --cache: float32 reproduces the model's results exactly, float16 is half the size.",
+)
+@click.option(
+    "--from-cache",
+    default=None,
+    type=click.Path(path_type=Path),
+    metavar="RUN_OR_CACHE_DIR",
+    help="Analyse new directions on the activations cached by an earlier --cache run, without the model.",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the PNG grids.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(**opts: object) -> None:
     """Scan a dataset once and keep every direction's exact top-k and bottom-k examples.
 
     \b
-    Example:
+    Examples:
       dirscope run --model mnist-cnn --layer fc1 --data mnist --directions basis,random:64 --k 9 --out runs/mnist-fc1
+      dirscope run ... --out runs/big --resume          # after a crash: continue from runs/big/checkpoint
+      dirscope run ... --cache --out runs/c             # keep the activations in runs/c/cache
+      dirscope run --from-cache runs/c --directions random:256,pca:32 --out runs/c-new
     """
     from .engine import run as run_engine
 
@@ -106,6 +144,11 @@ def run(**opts: object) -> None:
         fit_samples=opts["fit_samples"],
         out=str(opts["out"]),
         overwrite=opts["overwrite"],
+        resume=opts["resume"],
+        checkpoint_every=opts["checkpoint_every"],
+        cache=opts["cache"],
+        cache_dtype=opts["cache_dtype"],
+        from_cache=opts["from_cache"],
         figures=not opts["no_figures"],
         progress=not opts["quiet"],
         null_sample=opts["null_sample"],

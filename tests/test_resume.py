@@ -1,0 +1,245 @@
+"""Checkpoints and --resume: a killed run, resumed, equals an uninterrupted one; mismatched checkpoints are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dirscope
+from dirscope.checkpoint import CHECKPOINT_DIR, save_checkpoint
+from dirscope.cli import main
+from dirscope.data import load_data
+from dirscope.errors import DirscopeError
+from test_engine import TinyConv, tiny_data
+
+SLOW_MODEL = textwrap.dedent("""
+    import os
+    import time
+
+    import torch
+    from torch import nn
+
+    FORWARDS = []
+
+    class Slow(nn.Module):
+        def forward(self, x):
+            FORWARDS.append(len(x))
+            time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
+            return x
+
+    def build():
+        torch.manual_seed(0)
+        net = nn.Sequential()
+        net.add_module("slow", Slow())
+        net.add_module("conv", nn.Conv2d(1, 6, 3, padding=1))
+        net.add_module("relu", nn.ReLU())
+        net.add_module("flat", nn.Flatten())
+        net.add_module("fc", nn.Linear(6 * 8 * 8, 10))
+        net.dirscope_input_shape = (1, 8, 8)
+        return net
+""")
+RUN = (
+    "run --model python:slowmodel:build --layer relu --layer fc --data npz:data.npz "
+    "--directions basis,random:8,pca:3 --k 5 --batch-size 10 --null-sample 30 -q --no-figures"
+)
+N_ROWS = 400
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(N_ROWS, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "data.npz", x=x, y=rng.integers(0, 4, size=N_ROWS))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def cli(args: str) -> None:
+    try:
+        main(args.split())
+    except SystemExit as exc:
+        assert exc.code == 0, exc.code
+
+
+def assert_same_run(a, b) -> None:
+    for name in ("topk", "stats", "null", "examples", "directions"):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet"))
+    for layer in ("relu", "fc"):
+        assert (a / "directions" / f"{layer}.npy").read_bytes() == (b / "directions" / f"{layer}.npy").read_bytes()
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    for key in ("n", "layers", "config", "model"):
+        assert ma[key] == mb[key], key
+    assert ma["data"] == mb["data"]
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(project):
+    env = {**os.environ, "SLOW_SECONDS": "0.05", "PYTHONPATH": str(project)}
+    args = [sys.executable, "-m", "dirscope", *RUN.split(), "--checkpoint-every", "0.2", "--out", "killed"]
+    proc = subprocess.Popen(args, cwd=project, env=env, stderr=subprocess.PIPE)
+    index = project / "killed" / CHECKPOINT_DIR / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not index.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (project / "killed" / "manifest.json").exists()
+    saved = json.loads(index.read_text())
+    assert 0 < saved["next_index"] < N_ROWS
+
+    import slowmodel
+
+    slowmodel.FORWARDS.clear()
+    cli(f"{RUN} --out killed --resume")
+    # one dry forward, then only the rows after the checkpoint: no refit of pca, no rescan
+    assert sum(slowmodel.FORWARDS[1:]) <= N_ROWS - saved["next_index"]
+    assert not (project / "killed" / CHECKPOINT_DIR).exists()
+    cli(f"{RUN} --out whole --checkpoint-every 0")
+    assert_same_run(project / "killed", project / "whole")
+
+
+class Crash(Exception):
+    """Stands for a crash in the middle of a scan."""
+
+
+class CrashAfter(TinyConv):
+    """TinyConv that raises on its ``n``-th forward (counting the dry forward and any fitting pass)."""
+
+    def __init__(self, n: int | None) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.n:
+            raise Crash
+        return super().forward(x)
+
+
+def crashed_run(tmp_path, crash_at: int, **kwargs):
+    """Run until the crash (checkpointing after every batch), then resume; return the resumed result."""
+    out = str(tmp_path / "run")
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(crash_at), **kwargs, out=out, checkpoint_every=1e-9, progress=False)
+    assert (tmp_path / "run" / CHECKPOINT_DIR / "checkpoint.json").exists()
+    return dirscope.run(CrashAfter(None), **kwargs, out=out, resume=True, progress=False)
+
+
+# Forwards before the scan: 1 dry forward and 15 batches fitting pca; the scan has 15 batches.
+@pytest.mark.parametrize(("pool", "crash_at"), [("max", 18), ("max", 25), ("mean", 22)])
+def test_resume_after_a_crash_gives_identical_results(tmp_path, pool, crash_at):
+    x, y = tiny_data(120)
+    x[17, 0, 0, 0] = np.nan  # a row excluded and counted, before any crash
+    settings = dict(layers=["relu", "fc"], directions="basis,random:4,pca:2", k=4, pool=pool, batch_size=8)
+    settings.update(null_sample=20)
+    resumed = crashed_run(tmp_path, crash_at, data=(x, y), **settings)
+    whole = dirscope.run(CrashAfter(None), data=(x, y), **settings, out=str(tmp_path / "whole"), progress=False)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+    pd.testing.assert_frame_equal(resumed.stats, whole.stats)
+    pd.testing.assert_frame_equal(resumed.null, whole.null)
+    for layer in ("relu", "fc"):
+        np.testing.assert_array_equal(resumed.vectors(layer), whole.vectors(layer))
+    assert resumed.manifest["layers"] == whole.manifest["layers"]
+    assert resumed.manifest["data"]["label_counts"] == whole.manifest["data"]["label_counts"]
+
+
+def test_resume_of_an_iterable_skips_by_consuming(tmp_path):
+    x, y = tiny_data(90)
+    batches = [(torch.from_numpy(x[i : i + 15]), torch.from_numpy(y[i : i + 15])) for i in range(0, 90, 15)]
+    settings = dict(layers=["fc"], directions="random:6", k=3, batch_size=10)
+    resumed = crashed_run(tmp_path, 6, data=batches, **settings)
+    whole = dirscope.run(CrashAfter(None), data=batches, **settings, progress=False)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+    pd.testing.assert_frame_equal(resumed.stats, whole.stats)
+
+
+def test_indexed_sources_seek_to_the_next_batch_boundary():
+    x, _ = tiny_data(50)
+    source = load_data(x)
+    got = [b.indices.tolist() for b in source.batches_from(20, 20)]
+    assert got == [list(range(20, 40)), list(range(40, 50))]
+    rounded = [b.indices[0] for b in source.batches_from(20, 33)]  # rows 33..39 were skipped files
+    assert rounded == [40]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(seed=1), "another --seed"),
+        (dict(k=5), "another --k"),
+        (dict(directions="basis,random:5"), "another --directions"),
+        (dict(pool="mean"), "another --pool"),
+        (dict(batch_size=9), "another --batch-size"),
+        (dict(layers=["fc"]), "another layers"),
+        (dict(data="short"), "another data size"),
+        (dict(model="retrained"), r"another model weights \(sha256"),
+    ],
+)
+def test_a_checkpoint_made_otherwise_is_refused(tmp_path, change, message):
+    x, y = tiny_data(80)
+    settings = dict(layers=["relu", "fc"], directions="basis,random:4", k=4, batch_size=8)
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(5), data=(x, y), **settings, out=str(tmp_path), checkpoint_every=1e-9, progress=False)
+    model, data = CrashAfter(None), (x, y)
+    if change.pop("model", None):
+        with torch.no_grad():
+            model.fc.weight.add_(1.0)
+    if change.pop("data", None):
+        data = (x[:70], y[:70])
+    settings.update(change)
+    with pytest.raises(DirscopeError, match=message) as err:
+        dirscope.run(model, data=data, **settings, out=str(tmp_path), resume=True, progress=False)
+    assert "\n" not in str(err.value) and "--overwrite to start over" in str(err.value)
+
+
+def test_resume_needs_a_checkpoint_and_a_checkpoint_needs_resume_or_overwrite(tmp_path):
+    x, _ = tiny_data(60)
+    settings = dict(layers=["fc"], directions="basis", k=2, batch_size=8)
+    with pytest.raises(DirscopeError, match=r"no checkpoint to resume in .*run without --resume"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "new"), resume=True, progress=False)
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(3), data=x, **settings, out=str(tmp_path / "r"), checkpoint_every=1e-9, progress=False)
+    with pytest.raises(DirscopeError, match=r"checkpoint of an unfinished run; pass --resume .* or --overwrite"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "r"), progress=False)
+    with pytest.raises(DirscopeError, match="not both"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "r"), resume=True, overwrite=True)
+    dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "r"), overwrite=True, progress=False)
+    assert not (tmp_path / "r" / CHECKPOINT_DIR).exists()
+    with pytest.raises(DirscopeError, match="the run there is complete"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "r"), resume=True, progress=False)
+    with pytest.raises(DirscopeError, match="--checkpoint-every must be >= 0"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "n"), checkpoint_every=-1)
+
+
+def test_no_checkpoint_is_written_per_batch_by_default_or_when_disabled(tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr("dirscope.engine.save_checkpoint", lambda *a: written.append(a))
+    x, _ = tiny_data(60)
+    for every, out in ((60.0, "a"), (0, "b")):
+        dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, batch_size=4, out=str(tmp_path / out), checkpoint_every=every)
+    assert written == []
+
+
+def test_checkpoint_switches_atomically_and_a_broken_one_is_one_clear_error(tmp_path):
+    save_checkpoint(tmp_path, {"next_index": 3}, {"a": np.arange(3)})
+    save_checkpoint(tmp_path, {"next_index": 6}, {"a": np.arange(6)})
+    folder = tmp_path / CHECKPOINT_DIR
+    index = json.loads((folder / "checkpoint.json").read_text())
+    assert [p.name for p in folder.iterdir() if p.suffix == ".npz"] == [index["state_file"]]
+    assert index["next_index"] == 6 and not list(folder.glob(".*.tmp"))
+    (folder / index["state_file"]).write_bytes(b"not a zip")
+    x, _ = tiny_data(60)
+    with pytest.raises(DirscopeError, match=r"checkpoint in .* is unreadable"):
+        dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, out=str(tmp_path), resume=True, progress=False)

@@ -324,3 +324,11 @@ def test_describe_layers():
     assert infos["relu"].shape == (4, 6, 6) and infos["fc"].shape == (5,)
     with pytest.raises(DirscopeError, match="input shape"):
         dirscope.describe_layers(TinyConv())
+
+
+def test_grid_captions_shorten_long_labels():
+    from dirscope.figures import CAPTION_CHARS, short_label
+
+    assert short_label("coffee") == "coffee"
+    long = short_label("immunohistochemistry")
+    assert len(long) == CAPTION_CHARS and long.endswith("…") and long.startswith("immunohisto")

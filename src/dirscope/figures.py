@@ -32,6 +32,7 @@ FIGURE_ROWS = 16  # directions per family figure
 SIDE_BY_SIDE_ROWS = 4  # as in Szegedy et al. Figs. 1-4
 _PAD = 0.12  # gap between cells, in cell widths
 _CAPTION = 0.32  # caption band under each image, in cell heights
+CAPTION_CHARS = 12  # label characters shown under an image
 _LEFT = 1.5  # row-title margin, inches
 _CELL = 0.9  # inches per image
 
@@ -154,11 +155,16 @@ def direction_row(result: Result, layer: str, direction: int, sign: str = "max")
         if img is None:
             continue
         images.append(img)
-        captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {name}"))
+        captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {short_label(str(name))}"))
     title = direction_title(result, layer, direction)
     if ex["value"].nunique() == 1 and len(ex) > 1:
         title += "\n(all tied: order by index)"
     return GridRow(title, images, captions)
+
+
+def short_label(name: str, limit: int = CAPTION_CHARS) -> str:
+    """A label that fits under one grid cell: long class names would run into their neighbours."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def pick_directions(result: Result, layer: str, family: str, n: int) -> list[int]:

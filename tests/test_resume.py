@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -243,3 +244,25 @@ def test_checkpoint_switches_atomically_and_a_broken_one_is_one_clear_error(tmp_
     x, _ = tiny_data(60)
     with pytest.raises(DirscopeError, match=r"checkpoint in .* is unreadable"):
         dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, out=str(tmp_path), resume=True, progress=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(tmp_path, monkeypatch):
+    x, y = tiny_data(80)
+    settings = dict(layers=["relu", "fc"], directions="basis,random:4", k=4, batch_size=8, progress=False)
+    real, saves = np.savez, []
+
+    def fill_up_after_two(fh, **arrays):
+        saves.append(1)
+        if len(saves) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fh, **arrays)
+
+    monkeypatch.setattr(np, "savez", fill_up_after_two)
+    with pytest.raises(DirscopeError, match="No space left on device; check free space"):
+        dirscope.run(TinyConv(), data=(x, y), **settings, out=str(tmp_path / "r"), checkpoint_every=1e-9)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "r" / CHECKPOINT_DIR / "checkpoint.json").read_text())["next_index"] == 16
+    resumed = dirscope.run(TinyConv(), data=(x, y), **settings, out=str(tmp_path / "r"), resume=True)
+    whole = dirscope.run(TinyConv(), data=(x, y), **settings)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+    pd.testing.assert_frame_equal(resumed.stats, whole.stats)

@@ -1,7 +1,7 @@
 """The activation cache: what the projection consumes, written once, so new directions need no model.
 
     <out>/cache/index.json            format, model (spec, weights sha256), data (as the manifest records it),
-                                      pool, dtype, batch size, N, every layer's layout, every chunk
+                                      pool, dtype, batch size, limit, N, every layer's layout, every chunk
     <out>/cache/rows/NNNNNN.npy       int64 [n, 3]: dataset index, label (-1 unknown), batch number
     <out>/cache/<layer>/NNNNNN.npy    the layer's activations for the same n rows (float32 or float16)
 
@@ -275,10 +275,11 @@ class CachedRows:
     from the data when it can be read again (same spec and size)."""
 
     def __init__(self, reader: CacheReader, data: Any = None) -> None:
-        described = reader.index["data"]
+        described, limit = reader.index["data"], reader.index["limit"]
         self.describe_record = described
         self.spec = described["spec"]
-        self.size = described["size"]
+        # the rows the writing run could see, so a run from the cache samples its fitting rows alike
+        self.size = described["size"] if limit is None or described["size"] is None else min(described["size"], limit)
         self.label_names = described.get("label_names")
         self._indices, self._labels = reader.labels()
         self._images = self._image_source(data if data is not None else self.spec)
@@ -291,9 +292,10 @@ class CachedRows:
         except DirscopeError as exc:
             print(f"warning: no example images: cannot read data {data!r} again ({exc}); pass --data", file=sys.stderr)
             return None
-        if self.size is not None and source.size != self.size:
+        if source.size != self.describe_record["size"]:
             raise DirscopeError(
-                f"data {source.spec!r} has {source.size} examples but the cache was written from {self.size}; "
+                f"data {source.spec!r} has {source.size} examples but the cache was written from "
+                f"{self.describe_record['size']}; "
                 "give the data the cache was written from"
             )
         return source

@@ -453,6 +453,7 @@ def _cache_writer(
         "pool": config.pool,
         "dtype": config.cache,
         "batch_size": config.batch_size,
+        "limit": config.limit,
     }
     layers = [cache_layout(p.name, p.shape, p.axis, config.pool) for p in plans]
     return open_cache(out, header, layers, None if checkpoint is None else checkpoint.meta["cache_chunks"])

@@ -1,0 +1,274 @@
+"""The activation cache: runs from it equal runs from the model, its layout, streaming chunks, and broken caches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import dirscope
+from dirscope.errors import DirscopeError
+from test_cli import TINY_MODEL, run_cli
+
+
+class Tokens(nn.Module):
+    """[B, C, H, W] -> [B, H*W, C]: a token layer, features last."""
+
+    def forward(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+
+class Net(nn.Module):
+    """A spatial conv layer, a token layer [T, D] and a dense head, with continuous weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 8, 3)
+        self.relu = nn.ReLU()
+        self.tokens = Tokens()
+        self.tok = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        t = self.tok(self.tokens(self.relu(self.conv(x))))
+        return self.head(t.mean(dim=1))
+
+
+LAYERS = ["relu", "tok", "head"]
+NEW = "random:16,rotation,pca:3"
+
+
+def data(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 2, 7, 7)).astype(np.float32), rng.integers(0, 5, size=n)
+
+
+def cached_run(tmp_path, pool: str, dtype: str = "float32", **kwargs):
+    settings = dict(k=5, pool=pool, batch_size=32, progress=False, figures=False)
+    out = tmp_path / f"cached-{pool}-{dtype}"
+    dirscope.run(Net().eval(), LAYERS, data(), "basis", **settings, out=str(out), cache=True, cache_dtype=dtype)
+    from_cache = dirscope.run(directions=NEW, **settings, from_cache=str(out), out=str(tmp_path / "new"), **kwargs)
+    from_model = dirscope.run(Net().eval(), LAYERS, data(), NEW, **settings)
+    return out, from_cache, from_model
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_a_run_from_a_float32_cache_equals_a_run_from_the_model(tmp_path, pool):
+    out, from_cache, from_model = cached_run(tmp_path, pool)
+    pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+    pd.testing.assert_frame_equal(from_cache.stats, from_model.stats)
+    pd.testing.assert_frame_equal(from_cache.null, from_model.null)
+    for layer in LAYERS:
+        np.testing.assert_array_equal(from_cache.vectors(layer), from_model.vectors(layer))  # pca fitted alike
+    index = json.loads((out / "cache" / "index.json").read_text())
+    stored = {layer["name"]: (layer["stored"], layer["row_shape"]) for layer in index["layers"]}
+    if pool == "max":  # the projection must be taken per position before pooling
+        assert stored == {"relu": ("positions", [8, 5, 5]), "tok": ("positions", [25, 6]), "head": ("pooled", [4])}
+    else:  # mean pooling commutes with the projection
+        assert stored == {"relu": ("pooled", [8]), "tok": ("pooled", [6]), "head": ("pooled", [4])}
+    assert index["complete"] and index["n"] == 300 and index["dtype"] == "float32" and index["pool"] == pool
+    assert from_cache.manifest["model"]["spec"] == from_model.manifest["model"]["spec"]
+    assert from_cache.manifest["model"]["from_cache"] == str((out / "cache").resolve())
+    assert from_cache.manifest["data"]["label_counts"] == from_model.manifest["data"]["label_counts"]
+
+
+def test_a_float16_cache_is_half_the_size_and_close(tmp_path):
+    out, from_cache, from_model = cached_run(tmp_path, "max", "float16")
+    relu = np.load(out / "cache" / "relu" / "000000.npy", mmap_mode="r")
+    assert relu.dtype == np.float16 and relu.shape == (300, 8, 5, 5)
+    a, b = from_cache.topk, from_model.topk
+    scale = np.abs(b["value"]).max()
+    np.testing.assert_allclose(a["value"], b["value"], rtol=2e-3, atol=2e-3 * scale)
+    assert (a["index"] == b["index"]).mean() > 0.9
+
+
+def test_the_cache_is_written_and_read_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr("dirscope.cache.CHUNK_BYTES", 40_000)
+    out, from_cache, from_model = cached_run(tmp_path, "max")
+    index = json.loads((out / "cache" / "index.json").read_text())
+    assert len(index["chunks"]) > 3
+    assert sum(c["rows"] for c in index["chunks"]) == 300
+    first = [c["first_index"] for c in index["chunks"]]
+    assert first == sorted(first) and first[0] == 0
+    for chunk in index["chunks"]:
+        rows = np.load(out / "cache" / "rows" / chunk["file"])
+        assert rows.shape == (chunk["rows"], 3) and rows[0, 0] == chunk["first_index"]
+    pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+    pd.testing.assert_frame_equal(from_cache.stats, from_model.stats)
+
+
+def test_a_cache_of_a_limited_run_fits_and_scans_the_same_rows(tmp_path):
+    settings = dict(k=4, batch_size=32, progress=False)
+    out = tmp_path / "c"
+    dirscope.run(Net(), LAYERS, data(), "basis", **settings, limit=200, out=str(out), cache=True, fit_samples=50)
+    from_cache = dirscope.run(directions="pca:3,random:4", **settings, from_cache=str(out), fit_samples=50)
+    from_model = dirscope.run(Net(), LAYERS, data(), "pca:3,random:4", **settings, limit=200, fit_samples=50)
+    pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+    assert from_cache.manifest["n"]["relu"] == 200
+
+
+def test_a_run_from_a_cache_resumes(tmp_path, monkeypatch):
+    settings = dict(directions="random:8,pca:2", k=4, batch_size=32, progress=False)
+    dirscope.run(Net(), LAYERS, data(), **settings, out=str(tmp_path / "c"), cache=True)
+    whole = dirscope.run(**settings, from_cache=str(tmp_path / "c"))
+    reads = []
+    real = dirscope.cache.CacheReader._as_layer
+
+    def crash_in_the_sixth_batch(self, name, block):
+        reads.append(name)
+        if len(reads) == (10 + 5) * len(LAYERS) + 1:
+            raise Crash
+        return real(self, name, block)
+
+    monkeypatch.setattr(dirscope.cache.CacheReader, "_as_layer", crash_in_the_sixth_batch)
+    with pytest.raises(Crash):  # the pca fit reads all 300 rows first (10 batches)
+        dirscope.run(**settings, from_cache=str(tmp_path / "c"), out=str(tmp_path / "r"), checkpoint_every=1e-9)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "r" / "checkpoint" / "checkpoint.json").read_text())["next_index"] == 5 * 32
+    resumed = dirscope.run(**settings, from_cache=str(tmp_path / "c"), out=str(tmp_path / "r"), resume=True)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+    pd.testing.assert_frame_equal(resumed.stats, whole.stats)
+
+
+def test_nonfinite_rows_are_cached_and_excluded_alike(tmp_path):
+    x, y = data()
+    x[[3, 40]] = np.nan
+    out = tmp_path / "c"
+    model_run = dirscope.run(Net().eval(), ["head"], (x, y), "random:4", k=3, out=str(out), cache=True, progress=False)
+    cache_run = dirscope.run(directions="random:4", k=3, from_cache=str(out), progress=False)
+    assert cache_run.manifest["layers"][0]["first_excluded_rows"] == [3, 40]
+    pd.testing.assert_frame_equal(cache_run.topk, model_run.topk)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingNet(Net):
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Crash
+        return super().forward(x)
+
+
+def test_a_resumed_cache_equals_an_uninterrupted_one(tmp_path):
+    settings = dict(k=4, batch_size=32, progress=False, figures=False, cache=True)
+    with pytest.raises(Crash):
+        dirscope.run(
+            CrashingNet(5), LAYERS, data(), "basis", **settings, out=str(tmp_path / "r"), checkpoint_every=1e-9
+        )
+    stale = tmp_path / "r" / "cache" / "relu" / "999999.npy"  # a chunk written after the last checkpoint
+    np.save(stale, np.zeros(1))
+    dirscope.run(CrashingNet(0), LAYERS, data(), "basis", **settings, out=str(tmp_path / "r"), resume=True)
+    dirscope.run(Net(), LAYERS, data(), "basis", **settings, out=str(tmp_path / "w"))
+    assert not stale.exists()
+    for sub in ["rows", *LAYERS]:
+        resumed, whole = (
+            np.concatenate([np.load(p) for p in sorted((tmp_path / run / "cache" / sub).glob("*.npy"))])
+            for run in ("r", "w")
+        )
+        np.testing.assert_array_equal(resumed, whole)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    out = tmp_path / "c"
+    dirscope.run(Net().eval(), LAYERS, data(60), "basis", k=3, out=str(out), cache=True, progress=False)
+    return out
+
+
+def corrupt_truncate(cache):
+    path = cache / "relu" / "000000.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def corrupt_dtype(cache):
+    index = json.loads((cache / "index.json").read_text())
+    (cache / "index.json").write_text(json.dumps({**index, "dtype": "float16"}))
+
+
+def corrupt_incomplete(cache):
+    index = json.loads((cache / "index.json").read_text())
+    (cache / "index.json").write_text(json.dumps({**index, "complete": False}))
+
+
+def corrupt_missing(cache):
+    (cache / "rows" / "000000.npy").unlink()
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (corrupt_truncate, "chunk relu/000000.npy is unreadable"),
+        (corrupt_dtype, r"chunk relu/000000.npy holds float32 \[60, 8, 5, 5\], the index says float16"),
+        (corrupt_incomplete, "it is incomplete .* resume that run with --resume"),
+        (corrupt_missing, "chunk rows/000000.npy is unreadable"),
+    ],
+)
+def test_a_broken_cache_is_one_clear_error(cache_dir, corrupt, message):
+    corrupt(cache_dir / "cache")
+    with pytest.raises(DirscopeError, match=f"activation cache .* cannot be used: {message}") as err:
+        dirscope.run(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
+    assert "\n" not in str(err.value) and "write it again with --cache" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(layers=["conv"]), r"layer 'conv' is not in the cache .* \(has: relu, tok, head\)"),
+        (dict(pool="mean", from_cache="OUT"), "holds mean-pooled activations of layer 'relu'; --pool max needs"),
+        (dict(from_cache="nowhere"), "no activation cache in nowhere"),
+        (dict(model="mnist-cnn"), "give --model or --from-cache, not both"),
+        (dict(cache=True, out="x"), "--cache with --from-cache would only copy the cache"),
+    ],
+)
+def test_mismatched_cache_requests_are_refused(cache_dir, tmp_path, kwargs, message):
+    if kwargs.pop("pool", None):  # a cache of mean-pooled activations, read with max pooling
+        dirscope.run(Net(), LAYERS, data(60), "basis", k=3, pool="mean", out=str(tmp_path / "m"), cache=True)
+        kwargs["from_cache"] = str(tmp_path / "m")
+    settings = dict(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
+    with pytest.raises(DirscopeError, match=message):
+        dirscope.run(**{**settings, **kwargs})
+
+
+def test_cache_needs_an_output_directory():
+    with pytest.raises(DirscopeError, match="--cache needs --out"):
+        dirscope.run(Net(), ["head"], data(60), "basis", k=2, cache=True)
+    with pytest.raises(DirscopeError, match="unknown --cache-dtype 'float64'"):
+        dirscope.run(Net(), ["head"], data(60), "basis", k=2, cache=True, cache_dtype="float64", out="x")
+
+
+def test_cli_run_from_cache_rereads_images_from_the_data_spec(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tinymodel.py").write_text(TINY_MODEL)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, size=(50, 1, 8, 8)).astype(np.uint8))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = "--directions basis --k 3 --batch-size 16 -q --no-figures"
+    code, _, err = run_cli(
+        f"run --model python:tinymodel:build --layer features --layer head --data npz:data.npz {common} --cache "
+        "--cache-dtype float16 --out a",
+        capsys,
+    )
+    assert code == 0, err
+    code, out, err = run_cli(f"run --from-cache a {common.replace('basis', 'random:5')} --out b", capsys)
+    assert code == 0, err
+    assert "features: D=4, 50 examples" in out
+    examples = pd.read_parquet(tmp_path / "b" / "examples.parquet")
+    assert len(examples) > 0 and examples["png"].map(len).min() > 0
+    code, _, err = run_cli("run --from-cache a --layer features --data npz:data.npz --out c -q", capsys)
+    assert code == 0, err
+    code, _, err = run_cli("run --layer head --data npz:data.npz --out d", capsys)
+    assert code == 2 and err.startswith("error: give a model (--model) or an activation cache (--from-cache")
+    code, out, _ = run_cli("run --help", capsys)
+    assert "--from-cache RUN_OR_CACHE_DIR" in out and "--checkpoint-every SECONDS" in out

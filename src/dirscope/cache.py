@@ -76,7 +76,9 @@ def find_cache(path: str | Path) -> Path:
 class CacheWriter:
     """Appends batches of activations to ``<out>/cache`` chunk by chunk, holding at most one chunk in memory."""
 
-    def __init__(self, out: Path, header: dict[str, Any], layers: list[dict[str, Any]], chunks: list | None = None):
+    def __init__(
+        self, out: Path, header: dict[str, Any], layers: list[dict[str, Any]], chunks: list | None = None
+    ) -> None:
         self.folder = out / CACHE_DIR
         self.header, self.layers = header, layers
         self.dtype = np.dtype(header["dtype"])

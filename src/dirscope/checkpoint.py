@@ -33,6 +33,7 @@ _WHAT = {
     "run_format": "run format",
     "model.spec": "model",
     "model.weights_sha256": "model weights (sha256 of the state_dict)",
+    "from_cache": "--from-cache",
     "data.spec": "data",
     "data.size": "data size",
     "layers": "layers",

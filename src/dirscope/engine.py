@@ -175,9 +175,7 @@ def run(
     feed = _open_feed(model, layers, data, config, from_cache)
     n_rows = _rows_to_scan(feed.rows, config)
     fingerprint = _fingerprint(feed, config)
-    checkpoint = load_checkpoint(out_dir) if resume and out_dir is not None else None
-    if checkpoint is not None and out_dir is not None:
-        checkpoint.check(fingerprint, out_dir / CHECKPOINT_DIR)
+    checkpoint = _checkpoint_to_resume(out_dir, fingerprint) if resume and out_dir is not None else None
     plans = _plan_layers(feed, config, checkpoint)
     log, start = _restore_log(checkpoint, config)
     writer = _cache_writer(out_dir, feed, plans, config, checkpoint) if out_dir is not None and cache else None
@@ -231,6 +229,13 @@ def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
         "layers": feed.names,
         **config.__dict__,
     }
+
+
+def _checkpoint_to_resume(out: Path, fingerprint: dict[str, Any]) -> Checkpoint:
+    """The checkpoint in ``out``, refused unless it was made under this fingerprint."""
+    checkpoint = load_checkpoint(out)
+    checkpoint.check(fingerprint, out / CHECKPOINT_DIR)
+    return checkpoint
 
 
 def _rows_to_scan(rows: Rows, config: RunConfig) -> int | None:

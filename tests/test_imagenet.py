@@ -198,3 +198,38 @@ def test_timm_source_uses_its_data_config(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(DirscopeError, match="needs timm, which is not installed"):
         load_model("timm:vit_small_patch16_224", weights="w.pth")
+
+
+def test_cli_runs_lite0_on_photos_with_overridden_preprocessing(tmp_path, monkeypatch, capsys):
+    import json
+    import shlex
+
+    from dirscope.cli import main
+
+    def cli(line: str) -> tuple[int, str, str]:
+        try:
+            main(shlex.split(line))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    code, stdout, err = cli(
+        f"run --model efficientnet-lite0 --preprocess resize=64,crop=64 --data photos:2 --layer _dropout "
+        f"--directions basis:8,random:8 --k 3 --out {out} --quiet --no-figures"
+    )
+    assert code == 0, err
+    assert "_dropout: D=1280, 26 examples; basis 8, random 8" in stdout
+    model = json.loads((out / "manifest.json").read_text())["model"]
+    assert model["spec"] == "efficientnet-lite0" and model["info"]["preprocess"]["crop"] == 64
+    assert model["info"]["weights"].endswith(".pth")
+    state = torch.load(model["info"]["weights"], weights_only=True)
+    state["extra.bias"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pt")
+    code, _, err = cli(f"layers efficientnet-lite0 --weights {tmp_path / 'w.pt'}")
+    assert code == 2 and "unexpected 1 (extra.bias)" in err and err.count("\n") == 1
+    code, _, err = cli("layers mnist-cnn --preprocess crop=20")
+    assert code == 2 and "no configurable image preprocessing" in err

@@ -28,8 +28,19 @@ def cli() -> None:
     "--model",
     "model",
     default=None,
-    help="Model spec: mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp, python:MODULE:CALLABLE or torchscript:PATH. "
-    "Required unless --from-cache.",
+    help="Model spec: mnist-cnn, mnist-mlp, fashion-cnn, fashion-mlp, efficientnet-lite0, torchvision:NAME, "
+    "timm:NAME, python:MODULE:CALLABLE or torchscript:PATH (see `dirscope sources`). Required unless --from-cache.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Checkpoint for torchvision:, timm: or efficientnet-lite0 (safetensors or a torch.save state_dict).",
+)
+@click.option(
+    "--preprocess",
+    default=None,
+    help="Override the model's image preprocessing, e.g. resize=256,crop=224,mean=0.485/0.456/0.406,"
+    "std=0.229/0.224/0.225,interpolation=bicubic (keys: resize, crop, mean, std, interpolation, mode).",
 )
 @click.option(
     "--layer",
@@ -41,7 +52,7 @@ def cli() -> None:
 @click.option(
     "--data",
     default=None,
-    help="Data spec: mnist, mnist:train, fashion-mnist, npz:PATH, folder:PATH, mnist-full. Required unless "
+    help="Data spec: mnist, mnist:train, fashion-mnist, npz:PATH, folder:PATH, photos, mnist-full. Required unless "
     "--from-cache, which re-reads example images from the cache's data spec unless --data names where it is now.",
 )
 @click.option(
@@ -130,7 +141,7 @@ def run(**opts: object) -> None:
 
     start = time.perf_counter()
     result = run_engine(
-        opts["model"],
+        _model(opts["model"], opts["weights"], opts["preprocess"], str(opts["device"])),
         list(opts["layers"]),
         opts["data"],
         opts["directions"],
@@ -158,6 +169,17 @@ def run(**opts: object) -> None:
         _score_and_print(result, plots=not opts["no_figures"])
 
 
+def _model(spec: str | None, weights: str | None, preprocess: str | None, device: str) -> object:
+    """The spec itself, or the model loaded with --weights / --preprocess (the manifest records both)."""
+    if spec is None or (weights is None and preprocess is None):
+        if weights is not None or preprocess is not None:
+            raise DirscopeError("--weights and --preprocess go with --model")
+        return spec
+    from .models import load_model
+
+    return load_model(spec, device, weights=weights, preprocess=preprocess)
+
+
 def _print_summary(result, seconds: float) -> None:
     m = result.manifest
     for layer in m["layers"]:
@@ -173,13 +195,17 @@ def _print_summary(result, seconds: float) -> None:
 @click.argument("model")
 @click.option("--data", default=None, help="Take the input shape from this data spec's first example.")
 @click.option("--input-shape", default=None, help="Per-example input shape, e.g. 3,224,224.")
+@click.option("--weights", default=None, help="Checkpoint for torchvision:, timm: or efficientnet-lite0.")
+@click.option("--preprocess", default=None, help="Override the model's image preprocessing, as in `run`.")
 @click.option("--device", default="cpu", show_default=True)
-def layers(model: str, data: str | None, input_shape: str | None, device: str) -> None:
+def layers(
+    model: str, data: str | None, input_shape: str | None, weights: str | None, preprocess: str | None, device: str
+) -> None:
     """List every hookable layer of MODEL with its output shape, from one dry forward."""
     from .engine import describe_layers
 
     shape = _parse_shape(input_shape) if input_shape else None
-    infos = describe_layers(model, data=data, input_shape=shape, device=device)
+    infos = describe_layers(_model(model, weights, preprocess, device), data=data, input_shape=shape, device=device)
     width = max(len(i.name) for i in infos)
     click.echo(f"{'name':<{width}}  {'type':<18} output (per example)")
     for info in infos:

@@ -52,11 +52,14 @@ def pools_and_sets(draw, min_k: int = 1):
 
 # ---- registry and sets ----------------------------------------------------------------------------------
 def test_registry_names_orientation_and_needs():
-    assert METRICS.names() == ["attribute_coherence", "embedding_coherence", "label_entropy", "label_purity"]
-    assert [get_metric(n).higher_is_better for n in METRICS.names()] == [True, True, False, True]
+    names = ["attribute_coherence", "embedding_coherence", "label_entropy", "label_purity", "wordnet_similarity"]
+    assert METRICS.names() == names
+    assert [get_metric(n).higher_is_better for n in METRICS.names()] == [True, True, False, True, True]
     assert PURITY.needs == ENTROPY.needs == ("labels",)
     assert EMBEDDING.needs == ("embeddings",)
     assert (ATTRIBUTES.needs, ATTRIBUTES.constants) == (("attributes",), ("attribute_std",))
+    wordnet = get_metric("wordnet_similarity")
+    assert (wordnet.needs, wordnet.constants, wordnet.null) == (("labels",), ("label_similarity",), "label_counts")
     with pytest.raises(DirscopeError, match="did you mean 'label_purity'"):
         get_metric("label_purty")
 

@@ -225,14 +225,16 @@ def test_folder_mixed_modes_become_rgb(tmp_path):
     assert x.shape == (2, 3, 6, 8) and torch.equal(x[0, 0], x[0, 1])
 
 
-def test_folder_skips_corrupt_files_and_keeps_indices(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_folder_skips_corrupt_files_and_keeps_indices(tmp_path, workers):
     save_image(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"this is no png")  # fails at the header
     save_image(tmp_path / "c.png")
     full = (tmp_path / "c.png").read_bytes()
     (tmp_path / "d.png").write_bytes(full[: len(full) // 2])  # fails only when decoded
     save_image(tmp_path / "e.png")
-    src = DATA.build(f"folder:{tmp_path}")
+    src = load_data(f"folder:{tmp_path}", workers=workers)
+    assert src.workers == workers
     assert src.size == 5
     _, idx, _ = collect(src, 2)
     assert list(idx) == [0, 2, 4]
@@ -240,6 +242,29 @@ def test_folder_skips_corrupt_files_and_keeps_indices(tmp_path):
     described = json.loads(json.dumps(src.describe()))
     assert [s[0] for s in described["skipped"]] == ["b.png", "d.png"]
     assert list(collect(src, 2, [1, 3, 4])[1]) == [4]
+
+
+def test_folder_workers_decode_the_same_batches(tmp_path):
+    from dirscope.models import ImagePreprocess
+
+    for i in range(11):
+        save_image(tmp_path / f"c{i % 3}" / f"{i}.png", size=(20 + i, 16), value=i)
+    preprocess = ImagePreprocess(resize=12, crop=10)
+    serial = collect(load_data(f"folder:{tmp_path}", preprocess=preprocess), 4)
+    parallel = collect(load_data(f"folder:{tmp_path}", preprocess=preprocess, workers=2), 4)
+    assert torch.equal(serial[0], parallel[0]) and list(serial[1]) == list(parallel[1]) == list(range(11))
+    with pytest.raises(DirscopeError, match="--workers must be"):
+        load_data(f"folder:{tmp_path}", workers=-1)
+
+
+def test_folder_of_imagenet_synsets_gets_class_names(tmp_path):
+    for wnid in ("n01440764", "n02124075", "n02012849", "n03126707"):
+        save_image(tmp_path / "val" / wnid / "x.png")
+    src = load_data(f"folder:{tmp_path / 'val'}")
+    assert src.label_names == ["tench", "crane (n02012849)", "Egyptian cat", "crane (n03126707)"]
+    save_image(tmp_path / "mixed" / "n01440764" / "x.png")
+    save_image(tmp_path / "mixed" / "fish" / "x.png")
+    assert load_data(f"folder:{tmp_path / 'mixed'}").label_names == ["fish", "n01440764"]
 
 
 def test_folder_of_unreadable_files_only(tmp_path):

@@ -332,3 +332,17 @@ def test_grid_captions_shorten_long_labels():
     assert short_label("coffee") == "coffee"
     long = short_label("immunohistochemistry")
     assert len(long) == CAPTION_CHARS and long.endswith("…") and long.startswith("immunohisto")
+
+
+def test_decoding_workers_leave_results_unchanged(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5), torch.nn.ReLU())
+    runs = [
+        dirscope.run(model, ["2"], f"folder:{tmp_path}", "basis,random:3", k=3, batch_size=5, workers=w, progress=False)
+        for w in (0, 2)
+    ]
+    pd.testing.assert_frame_equal(runs[0].topk, runs[1].topk)

@@ -82,6 +82,7 @@ def test_label_names_map_to_synsets():
         2124075,
         7920052,
     ]
+    assert synset_offsets(["crane (n03126707)", "tench"]) == [3126707, 1440764]
     with pytest.raises(DirscopeError, match="label '7' is neither"):
         synset_offsets(["n01440764", "7"])
 

@@ -73,6 +73,13 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice (recorded).")
 @click.option("--limit", default=None, type=int, help="Scan only the first N examples.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Processes that decode image files ahead of the model (folder: and photos data); 0 decodes in-process.",
+)
 @click.option("--bins", default=64, show_default=True, type=int, help="Histogram bins per direction.")
 @click.option(
     "--fit-samples",
@@ -151,6 +158,7 @@ def run(**opts: object) -> None:
         seed=opts["seed"],
         limit=opts["limit"],
         device=opts["device"],
+        workers=opts["workers"],
         bins=opts["bins"],
         fit_samples=opts["fit_samples"],
         out=str(opts["out"]),

@@ -139,6 +139,7 @@ def run(
     seed: int = 0,
     limit: int | None = None,
     device: str = "cpu",
+    workers: int = 0,
     bins: int = 64,
     fit_samples: int = 10_000,
     null_sample: int = 1_000,
@@ -158,6 +159,7 @@ def run(
     ``data``: a spec (``mnist``, ``npz:PATH``, ``folder:PATH``), a torch Dataset, arrays, or batches.
     ``directions``: families joined by commas, e.g. ``basis,random:64,rotation,pca:16``.
     ``null_sample`` rows are drawn uniformly (seeded) as the null population that scores compare against.
+    ``workers`` processes decode image files ahead of the model (results do not depend on it).
     With ``out``, the run directory is written there (see the README for its format), with a checkpoint every
     ``checkpoint_every`` seconds (0: none) that ``resume=True`` continues from after a crash, giving the
     same results as an uninterrupted run. ``cache=True`` also writes the activations to ``out/cache``;
@@ -172,7 +174,7 @@ def run(
 
     out_dir = prepare_out(out, overwrite, resume) if out is not None else None
     started = time.time()
-    feed = _open_feed(model, layers, data, config, from_cache)
+    feed = _open_feed(model, layers, data, config, from_cache, workers)
     n_rows = _rows_to_scan(feed.rows, config)
     fingerprint = _fingerprint(feed, config)
     checkpoint = _checkpoint_to_resume(out_dir, fingerprint) if resume and out_dir is not None else None
@@ -211,11 +213,11 @@ def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float,
         raise DirscopeError(f"--checkpoint-every must be >= 0 seconds (0: no checkpoints), got {checkpoint_every}")
 
 
-def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache: Any) -> Feed:
+def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache: Any, workers: int = 0) -> Feed:
     names = [layers] if isinstance(layers, str) else list(layers or [])
     if from_cache is not None:
         return CacheFeed(from_cache, names, data, config.pool)
-    return ModelFeed(model, names, data, config.device)
+    return ModelFeed(model, names, data, config.device, workers)
 
 
 def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:

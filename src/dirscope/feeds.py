@@ -52,9 +52,9 @@ class Feed(Protocol):
 class ModelFeed:
     """Activations from forward passes of the model, with hooks on the requested layers."""
 
-    def __init__(self, model: Any, layers: Sequence[str], data: Any, device: str) -> None:
+    def __init__(self, model: Any, layers: Sequence[str], data: Any, device: str, workers: int = 0) -> None:
         self.loaded: LoadedModel = load_model(model, device)
-        self.rows: DataSource = load_data(data, preprocess=self.loaded.preprocess)
+        self.rows: DataSource = load_data(data, preprocess=self.loaded.preprocess, workers=workers)
         self.device = device
         self.names = resolve_layers(self.loaded.module, list(layers))
         self.shapes = self._shapes()

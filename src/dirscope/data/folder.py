@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from ..errors import DirscopeError
 from .arrays import index_chunks, indexed_from, to_tensor
@@ -53,7 +54,23 @@ def class_labels(files: list[Path], spec: str) -> tuple[np.ndarray | None, list[
         raise DirscopeError(f"{spec} mixes images ({loose}) with class subfolders; move the loose images into one")
     names = sorted({rel.parts[0] for rel in files})
     ids = {name: i for i, name in enumerate(names)}
-    return np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64), names
+    return np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64), imagenet_names(names)
+
+
+def imagenet_names(folders: list[str]) -> list[str]:
+    """Class names for ImageNet's synset-id folders (``n01440764`` -> ``tench``); other names stay as they are.
+
+    The two names ImageNet uses twice (crane, maillot) keep their synset id: ``crane (n02012849)``.
+    """
+    from ..models.imagenet import imagenet_classes
+
+    classes = imagenet_classes()
+    index = classes.index_of_wnid()
+    if not all(name in index for name in folders):
+        return folders
+    names = classes.names
+    twice = {n for n in names if names.count(n) > 1}
+    return [f"{names[index[w]]} ({w})" if names[index[w]] in twice else names[index[w]] for w in folders]
 
 
 def reason(exc: Exception) -> str:
@@ -68,10 +85,11 @@ class FolderSource(DataSource):
     indices are absent from the batches and listed in ``skipped``.
     """
 
-    def __init__(self, path: str | Path, preprocess: Preprocess | None = None) -> None:
+    def __init__(self, path: str | Path, preprocess: Preprocess | None = None, workers: int = 0) -> None:
         self.spec = f"folder:{path}"
         self.root = Path(path).expanduser()
         self.preprocess = preprocess
+        self.workers = check_workers(workers)
         self.files = find_images(self.root, self.spec)
         self.labels, self.label_names = class_labels(self.files, self.spec)
         self.skipped: list[tuple[str, str]] = []
@@ -115,12 +133,15 @@ class FolderSource(DataSource):
         if i in self._bad:
             return None
         try:
-            with Image.open(self.root / self.files[i]) as img:
-                img.load()
-                return img.copy()
+            return self._read(i)
         except Exception as exc:  # truncated or corrupt data often shows only when decoding
             self._skip(i, exc)
             return None
+
+    def _read(self, i: int) -> Image.Image:
+        with Image.open(self.root / self.files[i]) as img:
+            img.load()
+            return img.copy()
 
     def _input(self, img: Image.Image) -> torch.Tensor | np.ndarray:
         img = img.convert(self.mode)
@@ -146,16 +167,45 @@ class FolderSource(DataSource):
         return len(self.files)
 
     def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[Batch]:
-        for rows in index_chunks(self.size, batch_size, indices):
+        """Batches in index order; with ``workers`` > 0, DataLoader processes decode them ahead of the model."""
+        chunks = index_chunks(self.size, batch_size, indices)
+        decoded = self._decode_in_workers(chunks) if self.workers else (self._decode(rows) for rows in chunks)
+        for items in decoded:
             kept, inputs = [], []
-            for i in rows:
-                img = self._open(int(i))
-                if img is not None:
-                    kept.append(int(i))
-                    inputs.append(self._input(img))
+            for i, value in items:
+                if isinstance(value, Exception):
+                    self._skip(i, value)
+                elif value is not None:
+                    kept.append(i)
+                    inputs.append(value)
             if kept:
                 idx = np.array(kept, dtype=np.int64)
                 yield Batch(self._stack(inputs, idx), idx, None if self.labels is None else self.labels[idx])
+
+    def _decode(self, rows: np.ndarray) -> list[tuple[int, object]]:
+        """(index, model input) per row; None for a file known bad, the exception for a newly failed one."""
+        out: list[tuple[int, object]] = []
+        for i in (int(r) for r in rows):
+            if i in self._bad:
+                out.append((i, None))
+                continue
+            try:
+                out.append((i, self._input(self._read(i))))
+            except Exception as exc:  # truncated or corrupt data often shows only when decoding
+                out.append((i, exc))
+        return out
+
+    def _decode_in_workers(self, chunks: Iterator[np.ndarray]) -> Iterator[list[tuple[int, object]]]:
+        """The same items as ``_decode``, from ``workers`` processes, in order (DataLoader keeps it)."""
+        loader = DataLoader(
+            _Chunks(self),
+            batch_size=None,
+            sampler=list(chunks),
+            num_workers=self.workers,
+            collate_fn=_as_is,
+            prefetch_factor=4,
+        )
+        yield from loader
 
     def batches_from(self, batch_size: int, start: int) -> Iterator[Batch]:
         return indexed_from(self, batch_size, start)
@@ -181,3 +231,23 @@ class FolderSource(DataSource):
             "path": str(self.root.resolve()),
             "skipped": [list(item) for item in self.skipped],
         }
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Decodes one chunk of rows per item, so a worker process handles a whole batch at a time."""
+
+    def __init__(self, source: FolderSource) -> None:
+        self.source = source
+
+    def __getitem__(self, rows: np.ndarray) -> list[tuple[int, object]]:
+        return self.source._decode(rows)
+
+
+def _as_is(items: list[tuple[int, object]]) -> list[tuple[int, object]]:
+    return items  # DataLoader's default would turn numpy inputs into tensors
+
+
+def check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or workers < 0:
+        raise DirscopeError(f"--workers must be a whole number >= 0, got {workers!r}")
+    return workers

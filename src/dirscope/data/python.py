@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from ..errors import DirscopeError
 from .arrays import ArraySource, index_chunks, indexed_from, input_array, integer_labels, to_tensor
 from .base import Batch, DataSource, to_display_image
+from .folder import check_workers
 from .registry import DATA, Preprocess
 
 ARRAY_TYPES = (np.ndarray, torch.Tensor)
@@ -24,10 +25,15 @@ ITERABLE_DATASET_BATCH = 256
 REPLAY_BYTES = 512 * 2**20  # what a one-shot iterator may hold back for the next pass
 
 
-def load_data(obj: object, preprocess: Preprocess | None = None) -> DataSource:
-    """Turn what the caller has into a DataSource; ``preprocess`` only matters for image folders."""
+def load_data(obj: object, preprocess: Preprocess | None = None, workers: int = 0) -> DataSource:
+    """Turn what the caller has into a DataSource; ``preprocess`` and ``workers`` (decoding processes)
+    only matter for image folders."""
+    workers = check_workers(workers)
     if isinstance(obj, str):
-        return DATA.build(obj, preprocess=preprocess)
+        source = DATA.build(obj, preprocess=preprocess)
+        if workers and hasattr(source, "workers"):
+            source.workers = workers
+        return source
     if isinstance(obj, DataSource):
         return obj
     if isinstance(obj, ARRAY_TYPES):

@@ -26,7 +26,7 @@ from ..errors import DirscopeError
 from .base import Metric, Pool, register
 
 HYPERNYM_SYMBOLS = ("@", "@i")
-WNID = re.compile(r"n(\d{8})")
+WNID = re.compile(r"\bn(\d{8})\b")
 INSTALL_HINT = (
     "install Debian's wordnet-base (apt-get install wordnet-base), or NLTK's data (nltk.download('wordnet')), "
     "or set DIRSCOPE_WORDNET to the folder holding data.noun"
@@ -117,8 +117,8 @@ def _nouns(path: str) -> WordNetNouns:
 
 
 def synset_offsets(label_names: Sequence[str]) -> list[int]:
-    """The noun synset offset of each label name: a WordNet id such as ``n02124075`` (optionally followed by
-    text), or an ImageNet class name; one line naming the first label that is neither."""
+    """The noun synset offset of each label name: one holding a WordNet id (``n02124075``,
+    ``crane (n02012849)``), or an ImageNet class name; one line naming the first label that is neither."""
     from ..models.imagenet import imagenet_classes
 
     classes = imagenet_classes()
@@ -127,7 +127,7 @@ def synset_offsets(label_names: Sequence[str]) -> list[int]:
         by_name.setdefault(name, wnid)  # "crane" and "maillot" name two classes each: the first wins
     offsets = []
     for name in label_names:
-        match = WNID.match(name.strip()) or WNID.fullmatch(by_name.get(name.strip(), ""))
+        match = WNID.search(name) or WNID.fullmatch(by_name.get(name.strip(), ""))
         if match is None:
             raise DirscopeError(f"label {name!r} is neither a WordNet noun id (n########) nor an ImageNet class name")
         offsets.append(int(match.group(1)))

@@ -157,3 +157,50 @@ def test_scored_run_with_synset_labels(tmp_path, monkeypatch, toy):
     for direction, got in zip(rows.direction, rows.score, strict=True):
         idx = topk[(topk.direction == direction) & (topk.sign == "max")]["index"].to_numpy()
         assert got == pytest.approx(np.mean([sim[y[i], y[j]] for i, j in combinations(idx, 2)]))
+
+
+def test_unlabelled_images_are_scored_on_the_models_predictions(tmp_path, monkeypatch):
+    """An unlabelled folder scanned by Lite0: wordnet_similarity:predicted equals the mean pairwise Wu–Palmer of
+    the model's own top-1 classes, computed here by a direct forward pass."""
+    import pandas as pd
+    import torch
+
+    from dirscope.data import load_data
+    from dirscope.models import imagenet_classes, load_model
+
+    try:
+        data_noun = find_wordnet()
+    except DirscopeError:
+        pytest.skip("WordNet is not installed (make test installs Debian's wordnet-base)")
+    monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path / "home"))
+    photos = load_data("photos:2")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, rel in enumerate(photos.files):  # the same crops without class folders: no labels
+        (flat / f"{i:03d}.png").write_bytes((photos.root / rel).read_bytes())
+    model = load_model("efficientnet-lite0", preprocess="resize=96,crop=96")
+    out = tmp_path / "run"
+    dirscope.run(model, ["_dropout"], f"folder:{flat}", "basis:6,random:6", k=4, out=str(out), progress=False)
+    verdict = dirscope.score(out, metrics=["wordnet_similarity"], null_draws=100, n_boot=100, n_perm=100, plots=False)
+    assert any("top-1 predictions" in n for n in verdict.notices)
+    scores = pd.read_parquet(out / "scores.parquet")
+    rows = scores[(scores.metric == "wordnet_similarity:predicted") & (scores.sign == "max")]
+    assert len(rows) == 12 and rows.z.notna().all()
+    source = load_data(f"folder:{flat}", preprocess=model.preprocess)
+    with torch.inference_mode():
+        classes = model.module(next(source.batches(64)).x).argmax(1).numpy()
+    wnids = imagenet_classes().wnids
+    nouns = WordNetNouns(data_noun)
+    topk = dirscope.Result.load(out).topk
+    for direction, got in zip(rows.direction, rows.score, strict=True):
+        idx = topk[(topk.direction == direction) & (topk.sign == "max")]["index"].to_numpy()
+        offsets = [int(wnids[classes[i]][1:]) for i in idx]
+        pairs = [1.0 if a == b else nouns.wup(a, b) for a, b in combinations(offsets, 2)]
+        assert got == pytest.approx(np.mean(pairs))
+
+
+def test_predictions_need_an_imagenet_classifier(tmp_path):
+    from dirscope.predictions import run_model
+
+    with pytest.raises(DirscopeError, match="not an ImageNet classifier"):
+        run_model({"spec": "mnist-cnn"})

@@ -8,7 +8,7 @@ for label metrics, the null sample otherwise). Label-free statistics come from t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -134,7 +134,6 @@ def _gather_pool_data(
 
     A default reference that cannot run is skipped with a notice; one the user named (``strict``) fails.
     """
-    from .metrics.wordnet import label_similarity
     from .references import HOG, PIXELS, hog_embeddings, model_embeddings, pixel_embeddings
 
     scored: list[tuple[str, Metric]] = []
@@ -142,16 +141,12 @@ def _gather_pool_data(
         if name in LABEL_FREE:
             continue
         metric = get_metric(name)
-        if "labels" in metric.needs:
+        if "label_similarity" in metric.constants:
+            scored.extend(_wordnet_scored(result, pool, name, metric, data, device, notices))
+        elif "labels" in metric.needs:
             if result.manifest["data"].get("label_counts") is None:
                 notices.append(f"{name}: skipped, the data has no labels")
                 continue
-            if "label_similarity" in metric.constants:
-                try:
-                    pool.data["label_similarity"] = label_similarity(result.manifest["data"].get("label_names") or [])
-                except DirscopeError as exc:
-                    notices.append(f"{name}: skipped, {exc}")
-                    continue
             scored.append((name, metric))
         elif "embeddings" in metric.needs:
             for ref in refs:
@@ -168,13 +163,13 @@ def _gather_pool_data(
                         raise DirscopeError(f"reference {ref!r}: {exc}") from None
                     notices.append(f"{name}:{ref}: skipped, {exc}")
                     continue
-                scored.append((f"{name}:{ref}", _renamed(metric, "embeddings", key)))
+                scored.append((f"{name}:{ref}", _renamed(metric, {"embeddings": key})))
         elif "attributes" in metric.needs:
             try:
                 attrs = glyph_attributes([result.images[int(r)] for r in pool.rows])
             except (NotGlyphImages, KeyError) as exc:
-                reason = "the run has no images" if isinstance(exc, KeyError) else str(exc)
-                notices.append(f"{name}: skipped, {reason} (glyph attributes need grayscale 2-D images)")
+                reason = "the run has no images (glyph attributes need them)" if isinstance(exc, KeyError) else str(exc)
+                notices.append(f"{name}: skipped, {reason}")
                 continue
             pool.data["attributes"] = attrs
             pool.data["attribute_std"] = reference_std(attrs[pool.null_positions])
@@ -193,17 +188,60 @@ def _data_for(result: Result, data: object) -> object:
     return spec
 
 
-def _renamed(metric: Metric, old: str, new: str) -> Metric:
-    """The same metric reading pool key ``new`` instead of ``old`` (one embedding per reference)."""
+def _renamed(metric: Metric, keys: dict[str, str], null: str | None = None) -> Metric:
+    """The same metric reading pool key ``keys[old]`` for each ``old`` (e.g. one embedding per reference)."""
     score_sets = metric.score_sets
 
     def score(sets: np.ndarray, pool: dict[str, np.ndarray]) -> np.ndarray:
-        return score_sets(sets, {**pool, old: pool[new]})
+        return score_sets(sets, {**pool, **{old: pool[new] for old, new in keys.items()}})
 
-    needs = tuple(new if n == old else n for n in metric.needs)
-    return Metric(
-        metric.name, metric.help, needs, score, metric.higher_is_better, metric.min_k, metric.constants, metric.null
+    return replace(
+        metric,
+        needs=tuple(keys.get(n, n) for n in metric.needs),
+        constants=tuple(keys.get(c, c) for c in metric.constants),
+        score_sets=score,
+        null=null or metric.null,
     )
+
+
+def _wordnet_scored(
+    result: Result, pool: Pool, name: str, metric: Metric, data: object, device: str, notices: list[str]
+) -> list[tuple[str, Metric]]:
+    """WordNet similarity on the true labels when they name synsets, else on the run model's predictions."""
+    from .metrics.wordnet import label_similarity
+
+    data_info = result.manifest["data"]
+    if data_info.get("label_counts") is None:
+        why = "the data has no labels"
+    else:
+        try:
+            pool.data["label_similarity"] = label_similarity(data_info.get("label_names") or [])
+            return [(name, metric)]
+        except DirscopeError as exc:
+            why = str(exc)
+    try:
+        predicted, similarity = _predicted_classes(result, pool, data, device)
+    except DirscopeError as exc:
+        notices.append(f"{name}: skipped, {why}, and there are no model predictions to use ({exc})")
+        return []
+    pool.data["labels:predicted"], pool.data["label_similarity:predicted"] = predicted, similarity
+    notices.append(f"{name}: scored on the model's own top-1 predictions, as {name}:predicted ({why})")
+    keys = {"labels": "labels:predicted", "label_similarity": "label_similarity:predicted"}
+    return [(f"{name}:predicted", _renamed(metric, keys, null="pool"))]
+
+
+def _predicted_classes(result: Result, pool: Pool, data: object, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 ImageNet classes of the pool rows, renumbered over the classes that occur, with their
+    WordNet similarity matrix (only those classes: a full 1,000-class matrix takes seconds)."""
+    from .metrics.wordnet import label_similarity
+    from .models import imagenet_classes
+    from .predictions import run_model, top1_predictions
+
+    loaded = run_model(result.manifest["model"], device)
+    classes = top1_predictions(loaded, pool.rows, _data_for(result, data), device)
+    present, compact = np.unique(classes, return_inverse=True)
+    wnids = imagenet_classes().wnids
+    return compact.astype(np.int64), label_similarity([wnids[c] for c in present])
 
 
 def _label_counts(result: Result) -> dict[int, int] | None:

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import engine as eng
+from benchmarks import imagenet
 from dirscope.atomic import write_text
 
 
@@ -55,6 +56,8 @@ def main() -> None:
     ]
     # (a) would hold 3M x 1,024 float32 projections (12 GiB, twice that while concatenating): not run.
     memory.append({"n": 3_000_000, "engine_mib": eng.peak_memory_mib(3_000_000, "engine"), "store_all_mib": "not run"})
+    print("EfficientNet-Lite0 over a JPEG folder ...", file=sys.stderr)
+    natural = [imagenet.compare(workers=w) for w in (0, 1)]
     text = f"""# Benchmarks
 
 Written by `make bench` (`python benchmarks/run_all.py`) on {datetime.now(timezone.utc):%Y-%m-%d}.
@@ -97,6 +100,28 @@ warm-up over the first ~100k rows and then stops: compare the last two rows. (a)
 12 GiB for the projections alone, so it is not run.
 
 {table(memory, [("n", "N"), ("engine_mib", "engine MiB"), ("store_all_mib", "store-all MiB")])}
+
+## Natural images: EfficientNet-Lite0 over a JPEG folder
+
+{imagenet.__doc__.split(chr(10), 2)[2].strip()}
+{natural[0]["images"]} images, batches of {natural[0]["batch"]}, directions `{natural[0]["directions"]}` at `{
+        imagenet.LAYER
+    }`
+(1,280 units), k = 64. `overhead` = dirscope run / bare forward - 1 (the issue's target: at most 10%).
+`workers` = DataLoader processes decoding the JPEGs (0: in the main process).
+
+{
+        table(
+            natural,
+            [
+                ("workers", "workers"),
+                ("decode_ips", "decode only img/s"),
+                ("forward_ips", "bare forward img/s"),
+                ("dirscope_ips", "dirscope run img/s"),
+                ("overhead", "overhead"),
+            ],
+        )
+    }
 """
     write_text(args.out, text)
     print(text)

@@ -204,3 +204,12 @@ def test_predictions_need_an_imagenet_classifier(tmp_path):
 
     with pytest.raises(DirscopeError, match="not an ImageNet classifier"):
         run_model({"spec": "mnist-cnn"})
+
+
+def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):
+    from dirscope.metrics import wordnet
+
+    monkeypatch.setattr(wordnet, "wordnet_dirs", lambda: [tmp_path / "none"])
+    with pytest.raises(DirscopeError, match=r"WordNet not found; install Debian's wordnet-base .*nltk") as err:
+        label_similarity(["n02084071", "n02121620"])
+    assert "\n" not in str(err.value)

@@ -120,6 +120,19 @@ def test_report_holds_every_direction_escaped_and_no_remote_reference(runs):
     assert set(data["images"]) >= {str(c[0]) for d in data["dirs"] for c in d["top"] + d["bot"]}
 
 
+def test_report_embeds_the_runs_figures_and_plots(runs, tmp_path):
+    import base64
+
+    run = tmp_path / "with-figures"
+    shutil.copytree(runs["scored"], run)
+    main(["figures", str(run), "--rows", "2"])  # drawn after the run, so the manifest does not list them
+    names = sorted(f"figures/{path.name}" for path in (run / "figures").glob("*.png"))
+    plots = {p["name"]: p["png"] for p in page_data(write_report(run))["plots"]}
+    assert set(plots) == set(names) and names
+    for name, png in plots.items():
+        assert base64.b64decode(png) == (run / name).read_bytes()
+
+
 def test_report_without_scores_marks_them_not_computed(runs):
     data = page_data(write_report(runs["plain"], runs["plain"] / "other.html"))
     assert data["verdict"] is None and data["metrics"] == [] and all(d["m"] == [] for d in data["dirs"])

@@ -186,10 +186,12 @@ def _verdict(result: Result) -> dict[str, Any] | None:
 
 
 def _plots(result: Result, run_dir: Path) -> list[dict[str, str]]:
-    """The run's figures and verdict plots that exist on disk, as base64 PNG."""
+    """The run's figures and verdict plots that exist on disk, as base64 PNG; figures drawn later (with
+    `dirscope figures`) follow those the run and the verdict list."""
     names = list(result.manifest.get("figures", []))
     if result.verdict is not None:
         names += result.verdict.settings.get("figures", [])
+    names += sorted(path.relative_to(run_dir).as_posix() for path in (run_dir / "figures").glob("*.png"))
     plots = []
     for name in dict.fromkeys(names):
         path = run_dir / name

@@ -10,6 +10,7 @@ import click
 from .data import load_data
 from .engine import run
 from .errors import DirscopeError
+from .report import write_report
 
 LAYERS = ["conv1", "conv2", "fc1"]  # the convnet's hidden layers
 DIRECTIONS = "basis,random:64"
@@ -22,7 +23,7 @@ EXPERIMENTS = (
 
 def run_demo(out: Path, progress: bool = True) -> list[Path]:
     """Run each experiment whose data is present; return the side-by-side figures written."""
-    figures = []
+    figures, reports = [], []
     for name, model, data in EXPERIMENTS:
         try:
             load_data(data)
@@ -40,8 +41,12 @@ def run_demo(out: Path, progress: bool = True) -> list[Path]:
         click.echo(f"  scored in {verdict.settings['scoring_seconds']:.1f} s; verdict per layer (top-9 sets):")
         for layer, text in verdict.conclusions.items():
             click.echo(f"    {layer}: {text}")
+        reports.append(write_report(result.path))
     click.echo("\nSzegedy-style figures (units left, random directions right):")
     for path in figures:
+        click.echo(f"  {path}")
+    click.echo("\nBrowsable reports (open in any browser, no network needed):")
+    for path in reports:
         click.echo(f"  {path}")
     click.echo(f"all outputs: {out}/*/ (manifest.json, topk.parquet, stats.parquet, verdict.json, figures/)")
     sys.stdout.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -127,6 +129,9 @@ def test_merge_equals_single_pass(stream, split_seed):
         np.testing.assert_array_equal(merged.zeros, s.zeros)
         assert merged.count == s.count
         assert_histogram_exact(merged, values.astype(np.float64))
+        same_grid = merged.hist_width == s.hist_width  # then the (centred) histograms are identical
+        np.testing.assert_array_equal(merged.hist_start[same_grid], s.hist_start[same_grid])
+        np.testing.assert_array_equal(merged.hist_counts[same_grid], s.hist_counts[same_grid])
         scale = np.abs(values).max() + 1e-30
         np.testing.assert_allclose(merged.mean / scale, s.mean / scale, atol=1e-9)
 
@@ -189,7 +194,7 @@ def test_reservoir_is_uniform_and_seeded():
     """Every row of a stream is kept with probability size/N, whatever the block sizes."""
     hits = np.zeros(100)
     for seed in range(2000):
-        res = Reservoir(10, np.random.default_rng(seed))
+        res = Reservoir(10, seed)
         for start, stop in ((0, 7), (7, 40), (40, 41), (41, 100)):
             res.update(np.arange(start, stop))
         rows = res.result()
@@ -198,7 +203,31 @@ def test_reservoir_is_uniform_and_seeded():
     freq = hits / 2000
     assert abs(freq.mean() - 0.1) < 1e-12
     assert np.abs(freq - 0.1).max() < 0.035  # about 5 standard errors of a binomial(2000, 0.1) share
-    first, second = Reservoir(10, np.random.default_rng(1)), Reservoir(10, np.random.default_rng(1))
+    first, second = Reservoir(10, 1), Reservoir(10, 1)
     first.update(np.arange(100))
     second.update(np.arange(100))
     np.testing.assert_array_equal(first.result(), second.result())
+    assert not np.array_equal(first.result(), Reservoir(10, 2).merge(Reservoir(10, 2)).result())
+
+
+@given(cuts=st.lists(st.integers(1, 499), max_size=6), size=st.integers(0, 40), seed=st.integers(0, 2**63 - 1))
+@settings(max_examples=60, deadline=None)
+def test_reservoir_sample_depends_only_on_seed_and_rows(cuts, size, seed):
+    """Blocks, shards merged in any order, and a state_dict round trip all keep the rows of one pass."""
+    rows = np.arange(0, 1000, 2)  # gaps, as with excluded rows
+    whole = Reservoir(size, seed)
+    whole.update(rows)
+    bounds = [0, *sorted(set(cuts)), len(rows)]
+    shards = []
+    for a, b in itertools.pairwise(bounds):
+        shard = Reservoir(size, seed)
+        shard.update(rows[a:b])
+        shards.append(Reservoir.from_state_dict(shard.state_dict()))
+    merged = shards[-1]
+    for shard in shards[-2::-1]:
+        merged = shard.merge(merged)
+    np.testing.assert_array_equal(merged.result(), whole.result())
+    assert merged.seen == whole.seen == len(rows)
+    assert len(whole.result()) == min(size, len(rows))
+    with pytest.raises(ValueError, match="same size and seed"):
+        whole.merge(Reservoir(size + 1, seed))

@@ -25,7 +25,7 @@ from .atomic import write_json, write_with
 from .errors import DirscopeError
 
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FORMAT = "dirscope-checkpoint/1"
+CHECKPOINT_FORMAT = "dirscope-checkpoint/2"  # 2: the null sample keeps the rows of smallest hashed key
 _INDEX = "checkpoint.json"
 # Fingerprint keys as a user knows them, for the one-line refusal.
 _WHAT = {

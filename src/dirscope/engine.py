@@ -34,7 +34,7 @@ from .models import load_model
 from .project import POOLS, feature_axis, finite_rows, positions, project
 from .result import Result
 from .rundir import RUN_FORMAT
-from .seeding import numpy_rng
+from .seeding import derive_seed, numpy_rng
 from .tally import NonFiniteValues, Reservoir, Tally
 
 # Rows of per-position activations kept for fitting learned families (e.g. PCA) on a spatial layer.
@@ -96,6 +96,13 @@ class ScanLog:
             else:
                 self.label_counts[label] = self.label_counts.get(label, 0) + count
 
+    def merge(self, other: ScanLog) -> None:
+        """Fold in the log of a later, disjoint part of the data (a shard)."""
+        self.null = self.null.merge(other.null)
+        for label, count in other.label_counts.items():
+            self.label_counts[label] = self.label_counts.get(label, 0) + count
+        self.unlabelled += other.unlabelled
+
 
 @dataclass
 class LayerPlan:
@@ -150,6 +157,9 @@ def run(
     cache: bool = False,
     cache_dtype: str = "float32",
     from_cache: str | Path | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
     figures: bool = True,
     progress: bool = True,
 ) -> Result:
@@ -164,17 +174,25 @@ def run(
     ``checkpoint_every`` seconds (0: none) that ``resume=True`` continues from after a crash, giving the
     same results as an uninterrupted run. ``cache=True`` also writes the activations to ``out/cache``;
     ``from_cache`` (a run directory or cache folder) then analyses new directions without model or data pass.
+    ``engine="ray"`` scans contiguous shards of the rows in Ray tasks (``ray_workers`` at once, default one per
+    CPU, or GPU with ``device="cuda"``) on the cluster at ``ray_address`` (default: this process's connection,
+    else a new local cluster) and merges them exactly, in order: the same results as ``engine="local"``.
     """
     cache_as = cache_dtype if cache else None
     config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as)
     config.check()
     _check_sources(model, data, from_cache, cache)
     _check_out(out, overwrite, resume, checkpoint_every, cache)
+    _check_engine(engine, ray_address, ray_workers, cache)
     from .rundir import prepare_out, write_run
 
     out_dir = prepare_out(out, overwrite, resume) if out is not None else None
     started = time.time()
     feed = _open_feed(model, layers, data, config, from_cache, workers)
+    if engine == "ray":
+        from .rayscan import check_shardable
+
+        check_shardable(feed.rows)
     n_rows = _rows_to_scan(feed.rows, config)
     fingerprint = _fingerprint(feed, config)
     checkpoint = _checkpoint_to_resume(out_dir, fingerprint) if resume and out_dir is not None else None
@@ -182,10 +200,20 @@ def run(
     log, start = _restore_log(checkpoint, config)
     writer = _cache_writer(out_dir, feed, plans, config, checkpoint) if out_dir is not None and cache else None
     saver = _Saver(out_dir, checkpoint_every, fingerprint) if out_dir is not None and checkpoint_every > 0 else None
-    _scan(feed, plans, config, log, _Progress(start, n_rows, progress, saver, writer))
+    scan = _Progress(start, n_rows, progress, saver, writer)
+    if engine == "ray":
+        from .rayscan import RayJob, scan_on_ray
+
+        job = RayJob(model, layers, data, from_cache, workers, ray_address, ray_workers)
+        engine_info = scan_on_ray(feed, plans, config, log, scan, job)
+    else:
+        _scan(feed, plans, config, log, scan)
+        engine_info = {"name": "local"}
+    _check_counts(plans, config)
     if writer is not None:
         writer.finish()
     result = _build_result(feed, plans, config, log, started)
+    result.manifest["engine"] = engine_info
     if out_dir is not None:
         write_run(result, out_dir, figures=figures)
         remove_checkpoint(out_dir)
@@ -211,6 +239,21 @@ def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float,
         raise DirscopeError(f"{'--resume' if resume else '--cache'} needs --out, the run directory")
     if checkpoint_every < 0:
         raise DirscopeError(f"--checkpoint-every must be >= 0 seconds (0: no checkpoints), got {checkpoint_every}")
+
+
+def _check_engine(engine: str, ray_address: str | None, ray_workers: int | None, cache: bool) -> None:
+    if engine not in ("local", "ray"):
+        raise DirscopeError(f"unknown engine {engine!r}; use local or ray")
+    if engine == "local" and (ray_address is not None or ray_workers is not None):
+        raise DirscopeError("--ray-address and --ray-workers go with --engine ray")
+    if ray_workers is not None and ray_workers < 1:
+        raise DirscopeError(f"--ray-workers must be at least 1, got {ray_workers}")
+    if engine == "ray" and cache:
+        raise DirscopeError("--cache writes the activations from one process; run it without --engine ray")
+    if engine == "ray":
+        from .rayscan import require_ray
+
+        require_ray(ray_address)
 
 
 def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache: Any, workers: int = 0) -> Feed:
@@ -354,6 +397,10 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
             bar.update(idx.size)
             if progress.saver is not None:
                 progress.saver.tick(plans, log, int(idx[-1]) + 1, progress.writer)
+
+
+def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:
+    """After the whole scan (not per shard): every layer needs k rows with finite activations."""
     for plan in plans:
         if plan.tally.count < config.k:
             raise DirscopeError(
@@ -444,7 +491,7 @@ def _restore_layer(checkpoint: Checkpoint, i: int) -> tuple[DirectionSet, Tally,
 def _restore_log(checkpoint: Checkpoint | None, config: RunConfig) -> tuple[ScanLog, int]:
     """The scan log and the dataset index to start from: fresh, or as the checkpoint left them."""
     if checkpoint is None:
-        return ScanLog(Reservoir(config.null_sample, numpy_rng(config.seed, "null-sample"))), 0
+        return ScanLog(Reservoir(config.null_sample, derive_seed(config.seed, "null-sample"))), 0
     meta = checkpoint.meta
     null = Reservoir.from_state_dict({**meta["null"], "rows": checkpoint.arrays["null.rows"]})
     counts = {int(k): int(v) for k, v in meta["label_counts"].items()}

@@ -217,6 +217,7 @@ class Tally:
             kurtosis = n * self.m4 / spread**2
             var = self.m2 / n if n else np.full_like(self.m2, np.nan)
         width = np.ldexp(1.0, self.hist_exp)
+        hist_off, hist = self._centred_histograms()
         return TallyResult(
             count=n,
             top_values=self.top_v[:, :kept].copy(),
@@ -230,10 +231,21 @@ class Tally:
             zeros=self.zeros.copy(),
             min=self.vmin.copy(),
             max=self.vmax.copy(),
-            hist_counts=self.hist.copy(),
-            hist_start=self.hist_off * width,
+            hist_counts=hist,
+            hist_start=hist_off * width,
             hist_width=width,
         )
+
+    def _centred_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and counts with the spare bins split evenly around [min, max], an exact shift: so the
+        histogram depends only on the rows and the grid width, not on when the grid last widened."""
+        off, hist = self.hist_off.copy(), self.hist.copy()
+        cols = np.flatnonzero(self.hist_ready)
+        if cols.size:
+            e = self.hist_exp[cols]
+            off[cols] = histogram.centred_offset(self.vmin[cols], self.vmax[cols], e, self.bins)
+            hist[cols] = histogram.regrid(self.hist[cols], self.hist_off[cols], e, off[cols], e)
+        return off, hist
 
 
 def _merge_extremes(

@@ -1,0 +1,265 @@
+"""``--engine ray``: contiguous shards of the rows scanned by Ray tasks with the engine's own code, merged exactly.
+
+The driver opens the feed and plans every layer first, so fitted families (PCA) are fitted once and each
+task receives the directions as arrays. A task rebuilds the feed from the arguments the driver got (spec
+strings are built again on the worker, Python objects arrive pickled), checks it built the same model and
+data, scans rows [start, stop) with ``engine._scan``, and returns what a checkpoint stores: the tallies'
+state_dicts, the NaN/inf exclusions, the label counts and the null sample. The driver merges shards in row
+order as they finish, with ``Tally.merge`` (exact) and checkpoints the merged prefix as a local run would.
+Shards are cut at multiples of the batch size, so every shard sees the batches of a single pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import IterableSource
+from .directions import DirectionSet
+from .engine import FIRST_OFFENDERS, LayerPlan, RunConfig, ScanLog, _open_feed, _Progress, _restore_log, _scan
+from .errors import DirscopeError
+from .feeds import Feed, Rows
+from .tally import Reservoir, Tally
+
+# Shards per concurrent task: small enough that a slow or retried shard delays little, large enough that
+# rebuilding the model per shard costs little (see docs/scaling.md).
+SHARDS_PER_WORKER = 4
+# Times Ray reruns a shard whose worker process or node died; the task's own errors are not retried.
+RETRIES = 3
+PROBE_TIMEOUT_S = 5.0
+INSTALL_HINT = "pip install 'dirscope[ray]'"
+
+
+@dataclass
+class RayJob:
+    """What the tasks rebuild the feed from (as the user gave it), and where and how wide to run."""
+
+    model: Any
+    layers: Any
+    data: Any
+    from_cache: Any
+    workers: int
+    address: str | None
+    width: int | None  # tasks at once; None: one per CPU (or GPU) of the cluster
+
+
+@dataclass
+class _Task:
+    """Everything a shard's task needs besides its row range; put in the object store once."""
+
+    job: RayJob
+    config: RunConfig
+    layers: list[tuple[str, tuple[int, ...], int, DirectionSet]]  # name, shape, feature axis, directions
+    expect: dict[str, Any]  # the driver's model, shapes and data size, which the worker must reproduce
+
+
+@dataclass
+class ShardState:
+    """One shard's mergeable result, as the state_dicts that checkpoints store."""
+
+    tallies: list[dict[str, np.ndarray]]
+    excluded: list[int]
+    first_excluded: list[list[int]]
+    label_counts: dict[int, int]
+    unlabelled: int
+    null: dict[str, Any]
+
+
+def require_ray(address: str | None) -> None:
+    """Fail before any work when Ray is missing or the cluster address does not answer."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise DirscopeError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    if address is not None and address != "auto":
+        _probe(address)
+
+
+def _probe(address: str) -> None:
+    """A TCP connect with a short timeout: Ray itself waits minutes on an address where nothing listens."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise DirscopeError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise DirscopeError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with `ray start --head` "
+            "or check --ray-address"
+        ) from None
+
+
+def check_shardable(rows: Rows) -> None:
+    """Shards need rows that can be read from any index, and a known count to cut."""
+    if rows.size is None or isinstance(rows, IterableSource):
+        raise DirscopeError(
+            f"--engine ray cuts the data into shards by row, but {rows.spec} is an iterable of batches; "
+            "give a data spec, arrays or a map-style Dataset, or drop --engine ray"
+        )
+
+
+def cut_shards(start: int, stop: int, batch_size: int, count: int) -> list[tuple[int, int]]:
+    """Up to ``count`` contiguous row ranges covering [start, stop), cut only at multiples of ``batch_size``."""
+    first, last = -(-start // batch_size), -(-stop // batch_size)
+    count = min(count, last - first)
+    if stop <= start or count < 1:
+        return []
+    inner = [(first + (last - first) * j // count) * batch_size for j in range(1, count)]
+    bounds = [start, *inner, stop]
+    return list(itertools.pairwise(bounds))
+
+
+def scan_on_ray(
+    feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, progress: _Progress, job: RayJob
+) -> dict[str, Any]:
+    """Scan rows ``progress.start`` to ``progress.total`` on Ray and fold them into ``plans`` and ``log``.
+
+    Returns what the manifest records about the engine.
+    """
+    import ray
+
+    started_here = _connect(ray, job.address)
+    try:
+        width = job.width or _cluster_width(ray, config.device)
+        shards = cut_shards(progress.start, progress.total or 0, config.batch_size, width * SHARDS_PER_WORKER)
+        expect = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
+        layers = [(p.name, p.shape, p.axis, p.directions) for p in plans]
+        task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect))
+        gpus = 1 if config.device.startswith("cuda") else 0
+        remote = ray.remote(scan_shard).options(num_cpus=1 - gpus, num_gpus=gpus, max_retries=RETRIES)
+        _run_shards(ray, remote, task, shards, width, plans, log, progress)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return {"name": "ray", "address": job.address, "workers": width, "shards": len(shards)}
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Use this process's Ray connection if it has one, else connect (or start a local cluster); True if new."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (Exception, SystemExit) as exc:  # Ray exits the process when its control store never answers
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DirscopeError(f"cannot connect to Ray at {address or 'a new local cluster'} ({first})") from None
+    return True
+
+
+def _cluster_width(ray: Any, device: str) -> int:
+    resource = "GPU" if device.startswith("cuda") else "CPU"
+    width = int(ray.cluster_resources().get(resource, 0))
+    if width < 1:
+        raise DirscopeError(f"the Ray cluster has no {resource}s for --device {device}; add nodes or change --device")
+    return width
+
+
+def _run_shards(
+    ray: Any,
+    remote: Any,
+    task: Any,
+    shards: list[tuple[int, int]],
+    width: int,
+    plans: list[LayerPlan],
+    log: ScanLog,
+    progress: _Progress,
+) -> None:
+    """At most ``width`` tasks in flight (Ray's ray.wait pattern); finished shards merge in row order."""
+    todo, pending, finished, merged = list(enumerate(shards))[::-1], {}, {}, 0
+    bar = tqdm(total=progress.total, initial=progress.start, unit="img", unit_scale=True, disable=not progress.bar)
+    with bar:
+        while todo or pending:
+            while todo and len(pending) < width:
+                j, (start, stop) = todo.pop()
+                pending[remote.remote(task, start, stop)] = j
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            j = pending.pop(ready)
+            finished[j] = _fetch(ray, ready, shards[j], list(pending))
+            while merged in finished:
+                absorb(plans, log, finished.pop(merged))
+                bar.update(shards[merged][1] - shards[merged][0])
+                if progress.saver is not None:
+                    progress.saver.tick(plans, log, shards[merged][1], None)
+                merged += 1
+
+
+def _fetch(ray: Any, ref: Any, shard: tuple[int, int], others: list[Any]) -> ShardState:
+    """A shard's state; a failure cancels the other tasks and becomes one line (bugs keep their traceback)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        _cancel(ray, others)
+        if isinstance(exc.cause, DirscopeError):
+            raise DirscopeError(str(exc.cause)) from None
+        raise
+    except ray.exceptions.RayError as exc:
+        _cancel(ray, others)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DirscopeError(
+            f"the Ray task for rows {shard[0]}-{shard[1] - 1} failed {RETRIES + 1} times ({type(exc).__name__}: "
+            f"{first}); the last checkpoint in --out stays usable with --resume"
+        ) from None
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    for ref in refs:
+        ray.cancel(ref, force=True)
+
+
+def absorb(plans: list[LayerPlan], log: ScanLog, shard: ShardState) -> None:
+    """Merge the next shard (in row order) into the driver's tallies and log."""
+    for plan, state, excluded, first in zip(plans, shard.tallies, shard.excluded, shard.first_excluded, strict=True):
+        plan.tally = plan.tally.merge(Tally.from_state_dict(state))
+        plan.excluded += excluded
+        plan.first_excluded = (plan.first_excluded + first)[:FIRST_OFFENDERS]
+    log.merge(ScanLog(Reservoir.from_state_dict(shard.null), dict(shard.label_counts), shard.unlabelled))
+
+
+def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
+    """Runs in a Ray worker: scan rows [start, stop) with fresh tallies, exactly as the single pass would."""
+    job, config = task.job, dataclasses.replace(task.config, limit=stop)
+    feed = _open_feed(job.model, job.layers, job.data, config, job.from_cache, job.workers)
+    _check_same(feed, task.expect)
+    plans = [
+        LayerPlan(name, shape, axis, dirs, Tally(len(dirs), config.k, config.bins), _vectors(dirs, config.device))
+        for name, shape, axis, dirs in task.layers
+    ]
+    log = _restore_log(None, config)[0]
+    _scan(feed, plans, config, log, _Progress(start, None, False, None, None))
+    return ShardState(
+        [p.tally.state_dict() for p in plans],
+        [p.excluded for p in plans],
+        [p.first_excluded for p in plans],
+        log.label_counts,
+        log.unlabelled,
+        log.null.state_dict(),
+    )
+
+
+def _vectors(dirs: DirectionSet, device: str) -> torch.Tensor:
+    """A copy: arrays from Ray's object store are read-only."""
+    return torch.tensor(dirs.vectors, device=device)
+
+
+def _model_id(feed: Feed) -> dict[str, Any]:
+    return {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]}
+
+
+def _check_same(feed: Feed, expect: dict[str, Any]) -> None:
+    """A worker with another install, weights file or copy of the data would silently change the result."""
+    found = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
+    for what, value in found.items():
+        if value != expect[what]:
+            raise DirscopeError(
+                f"the Ray worker on {socket.gethostname()} built another {what} than the driver "
+                f"({value} instead of {expect[what]}); install the same dirscope, model weights and data "
+                "(at the same paths) on every node"
+            )

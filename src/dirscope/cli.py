@@ -132,6 +132,26 @@ def cli() -> None:
     metavar="RUN_OR_CACHE_DIR",
     help="Analyse new directions on the activations cached by an earlier --cache run, without the model.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: scan shards of the data on a Ray cluster and merge them exactly (same results as local).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDRESS",
+    help="With --engine ray: an existing cluster (ray://HOST:10001, HOST:6379 or auto); default a new local one.",
+)
+@click.option(
+    "--ray-workers",
+    default=None,
+    type=int,
+    metavar="N",
+    help="With --engine ray: shards scanned at once; default one per CPU (GPU with --device cuda) of the cluster.",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the PNG grids.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(**opts: object) -> None:
@@ -143,6 +163,7 @@ def run(**opts: object) -> None:
       dirscope run ... --out runs/big --resume          # after a crash: continue from runs/big/checkpoint
       dirscope run ... --cache --out runs/c             # keep the activations in runs/c/cache
       dirscope run --from-cache runs/c --directions random:256,pca:32 --out runs/c-new
+      dirscope run ... --engine ray --ray-address ray://head:10001   # shards on a Ray cluster
     """
     from .engine import run as run_engine
 
@@ -168,6 +189,9 @@ def run(**opts: object) -> None:
         cache=opts["cache"],
         cache_dtype=opts["cache_dtype"],
         from_cache=opts["from_cache"],
+        engine=opts["engine"],
+        ray_address=opts["ray_address"],
+        ray_workers=opts["ray_workers"],
         figures=not opts["no_figures"],
         progress=not opts["quiet"],
         null_sample=opts["null_sample"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ class _Task:
     config: RunConfig
     layers: list[tuple[str, tuple[int, ...], int, DirectionSet]]  # name, shape, feature axis, directions
     expect: dict[str, Any]  # the driver's model, shapes and data size, which the worker must reproduce
+    cwd: str  # the driver's working directory, where relative paths and python: modules are found
 
 
 @dataclass
@@ -132,7 +134,7 @@ def scan_on_ray(
         shards = cut_shards(progress.start, progress.total or 0, config.batch_size, width * SHARDS_PER_WORKER)
         expect = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
         layers = [(p.name, p.shape, p.axis, p.directions) for p in plans]
-        task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect))
+        task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect, os.getcwd()))
         gpus = 1 if config.device.startswith("cuda") else 0
         remote = ray.remote(scan_shard).options(num_cpus=1 - gpus, num_gpus=gpus, max_retries=RETRIES)
         _run_shards(ray, remote, task, shards, width, plans, log, progress)
@@ -226,6 +228,8 @@ def absorb(plans: list[LayerPlan], log: ScanLog, shard: ShardState) -> None:
 def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
     """Runs in a Ray worker: scan rows [start, stop) with fresh tallies, exactly as the single pass would."""
     job, config = task.job, dataclasses.replace(task.config, limit=stop)
+    if os.path.isdir(task.cwd):  # a local cluster or a shared filesystem: relative specs mean what they meant
+        os.chdir(task.cwd)
     feed = _open_feed(job.model, job.layers, job.data, config, job.from_cache, job.workers)
     _check_same(feed, task.expect)
     plans = [

@@ -1,0 +1,235 @@
+"""--engine ray on a local 2-worker cluster: shards merged exactly equal the single-process run, row for row."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import dirscope
+from dirscope import rayscan
+from dirscope.checkpoint import CHECKPOINT_DIR
+from dirscope.cli import main
+from dirscope.errors import DirscopeError
+from test_engine import TinyConv, tiny_data
+
+N_ROWS = 300
+SETTINGS = dict(layers=["1", "4"], directions="basis,random:8,pca:3", k=5, batch_size=16, null_sample=40)
+EXACT_STATS = ["layer", "direction", "family", "count", "min", "max", "zeros", "zero_fraction"]
+HISTOGRAM = ["hist_start", "hist_width", "hist_counts"]
+MOMENTS = ["mean", "std", "var", "skew", "kurtosis"]
+SENTINEL = 7.0  # an input value that makes Fragile kill its worker process
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes; tests/ is importable in them, so test classes unpickle there."""
+    ray = pytest.importorskip("ray")
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
+
+
+def sequential() -> nn.Module:
+    """A spatial conv layer (max-pooled over positions by the engine) and a dense layer."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 10)
+    )
+
+
+def data(n: int = N_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
+    x[[37, 201] if n > 201 else [37], 0, 0, 0] = np.nan  # excluded rows in two different shards
+    y = rng.integers(-1, 4, size=n)  # -1: unlabelled
+    return x, y
+
+
+def assert_same_result(ray_run, local_run) -> None:
+    runs = (ray_run, local_run)
+    pd.testing.assert_frame_equal(ray_run.topk, local_run.topk)
+    pd.testing.assert_frame_equal(ray_run.null, local_run.null)
+    pd.testing.assert_frame_equal(ray_run.stats[EXACT_STATS + HISTOGRAM], local_run.stats[EXACT_STATS + HISTOGRAM])
+    pd.testing.assert_frame_equal(ray_run.stats[MOMENTS], local_run.stats[MOMENTS], check_exact=False, rtol=1e-9)
+    layers = [
+        [{k: v for k, v in layer.items() if k != "directions_file"} for layer in r.manifest["layers"]] for r in runs
+    ]
+    assert layers[0] == layers[1]
+    assert ray_run.manifest["n"] == local_run.manifest["n"]
+    assert ray_run.manifest["data"] == local_run.manifest["data"]
+
+
+def assert_same_dir(a: Path, b: Path) -> None:
+    for name in ("topk", "null", "examples", "directions"):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet"))
+    stats_a, stats_b = (pd.read_parquet(p / "stats.parquet") for p in (a, b))
+    pd.testing.assert_frame_equal(stats_a.drop(columns=MOMENTS), stats_b.drop(columns=MOMENTS))
+    pd.testing.assert_frame_equal(stats_a[MOMENTS], stats_b[MOMENTS], check_exact=False, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("limit", "workers"), [(None, 2), (250, 3)])
+def test_ray_run_equals_the_local_run(cluster, tmp_path, limit, workers):
+    x, y = data()
+    local = dirscope.run(sequential(), data=(x, y), **SETTINGS, limit=limit, out=tmp_path / "local", progress=False)
+    sharded = dirscope.run(
+        sequential(),
+        data=(x, y),
+        **SETTINGS,
+        limit=limit,
+        engine="ray",
+        ray_workers=workers,
+        out=tmp_path / "ray",
+        progress=False,
+    )
+    assert sharded.manifest["engine"] == {"name": "ray", "address": None, "workers": workers, "shards": 4 * workers}
+    assert sharded.manifest["layers"][0]["first_excluded_rows"] == [37, 201]
+    assert_same_result(sharded, local)
+    assert_same_dir(tmp_path / "ray", tmp_path / "local")
+
+
+def test_cli_end_to_end_with_engine_ray(cluster, tmp_path, monkeypatch, capsys):
+    (tmp_path / "raymodel.py").write_text(
+        textwrap.dedent("""
+            from test_ray import sequential
+
+            def build():
+                return sequential()
+        """)
+    )
+    x, y = data()
+    np.savez(tmp_path / "data.npz", x=x, y=y.clip(0))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = "run --model python:raymodel:build --layer 1 --layer 4 --data npz:data.npz --k 5 --batch-size 16 -q"
+    for args in (f"{run} --out local --no-figures", f"{run} --out ray --no-figures --engine ray --ray-workers 2"):
+        try:
+            main(args.split())
+        except SystemExit as exc:
+            pytest.fail(f"exit {exc.code}: {capsys.readouterr().err}")
+    assert_same_dir(tmp_path / "ray", tmp_path / "local")
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["engine"]["shards"] == 8
+
+
+def test_from_cache_on_ray_equals_from_cache_locally(cluster, tmp_path):
+    x, y = data(120)
+    settings = {**SETTINGS, "directions": "basis,random:4"}
+    dirscope.run(sequential(), data=(x, y), **settings, out=tmp_path / "cached", cache=True, progress=False)
+    settings.pop("layers")
+    local = dirscope.run(from_cache=tmp_path / "cached", **settings, progress=False)
+    sharded = dirscope.run(from_cache=tmp_path / "cached", **settings, engine="ray", progress=False)
+    assert_same_result(sharded, local)
+
+
+class Fragile(TinyConv):
+    """TinyConv whose forward kills its process on a SENTINEL input: always, or once per ``marker`` file."""
+
+    def __init__(self, mode: str = "healthy", marker: str = "") -> None:
+        super().__init__()
+        self.mode, self.marker = mode, marker
+
+    def forward(self, x):
+        doomed = self.mode == "always" or (self.mode == "once" and not os.path.exists(self.marker))
+        if doomed and bool((x == SENTINEL).any()):
+            Path(self.marker).touch()
+            os._exit(1)
+        return super().forward(x)
+
+
+def fragile_data() -> tuple[np.ndarray, np.ndarray]:
+    x, y = tiny_data(200)
+    x[150, 0, 0, 0] = SENTINEL
+    return x, y
+
+
+FRAGILE = dict(layers=["relu", "fc"], directions="basis,random:4", k=4, batch_size=10, null_sample=30)
+
+
+def test_a_dead_worker_is_retried(cluster, tmp_path):
+    x, y = fragile_data()
+    marker = str(tmp_path / "died-once")
+    sharded = dirscope.run(Fragile("once", marker), data=(x, y), **FRAGILE, engine="ray", progress=False)
+    assert os.path.exists(marker)
+    assert_same_result(sharded, dirscope.run(Fragile(), data=(x, y), **FRAGILE, progress=False))
+
+
+def test_a_worker_that_keeps_dying_fails_clearly_and_the_checkpoint_resumes(cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr(rayscan, "RETRIES", 1)
+    x, y = fragile_data()
+    out = tmp_path / "run"
+    broken = Fragile("always", str(tmp_path / "died"))
+    with pytest.raises(DirscopeError, match=r"rows 150-199 failed 2 times .*stays usable with --resume") as err:
+        dirscope.run(
+            broken, data=(x, y), **FRAGILE, engine="ray", ray_workers=1, out=out, checkpoint_every=1e-9, progress=False
+        )
+    assert "\n" not in str(err.value)
+    saved = json.loads((out / CHECKPOINT_DIR / "checkpoint.json").read_text())
+    assert saved["next_index"] == 150  # the shards before the dead one were merged and checkpointed
+    resumed = dirscope.run(Fragile(), data=(x, y), **FRAGILE, engine="ray", out=out, resume=True, progress=False)
+    assert_same_result(resumed, dirscope.run(Fragile(), data=(x, y), **FRAGILE, progress=False))
+
+
+def test_unsized_source_is_refused(cluster):
+    x, y = data(64)
+    batches = ((torch.from_numpy(x[i : i + 16]), torch.from_numpy(y[i : i + 16])) for i in range(0, 64, 16))
+    with pytest.raises(DirscopeError, match=r"cuts the data into shards by row, but .* is an iterable of batches"):
+        dirscope.run(sequential(), ["4"], batches, "basis", k=2, engine="ray", progress=False)
+
+
+def cli_error(args: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(args.split())
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+RUN = "run --model mnist-cnn --layer fc1 --data npz:nowhere.npz --out unused -q"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("--engine ray --ray-address 127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
+        ("--engine ray --ray-address nonsense", "is not HOST:PORT, ray://HOST:PORT or auto"),
+        ("--engine ray --ray-workers 0", "--ray-workers must be at least 1"),
+        ("--ray-workers 2", "go with --engine ray"),
+        ("--engine ray --cache", "run it without --engine ray"),
+    ],
+)
+def test_bad_ray_options_are_one_line(tmp_path, monkeypatch, capsys, extra, message):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    assert message in cli_error(f"{RUN} {extra}", capsys)
+
+
+def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    err = cli_error(f"{RUN} --engine ray", capsys)
+    assert "pip install 'dirscope[ray]'" in err
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "batch", "count", "shards"),
+    [
+        (0, 100, 10, 4, [(0, 20), (20, 50), (50, 70), (70, 100)]),
+        (0, 95, 10, 20, [(i * 10, min(i * 10 + 10, 95)) for i in range(10)]),
+        (33, 100, 10, 2, [(33, 70), (70, 100)]),  # a resumed start off a batch boundary stays where it is
+        (100, 100, 10, 4, []),
+    ],
+)
+def test_shards_are_contiguous_and_cut_at_batch_boundaries(start, stop, batch, count, shards):
+    assert rayscan.cut_shards(start, stop, batch, count) == shards

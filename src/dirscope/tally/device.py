@@ -1,0 +1,337 @@
+"""The tally in torch, with its state on the projections' device, so a GPU scan never copies projections out.
+
+Same semantics as the numba ``Tally``, and the same state: ``state_dict()`` is the CPU tally's format, so
+results, checkpoints and merges reuse the CPU code. Per block of projections [K, B]:
+
+- one fused pass (``torch.compile`` on CUDA) reads the block once for the float64 moment sums about the
+  running mean, min, max, zeros, the histogram counts on the current grids, and a candidate code per value;
+- top-k and bottom-k by threshold: a value is a candidate only if it beats the current k-th value strictly
+  (an equal value never displaces the lower index that came first). Only the candidates, with the state of
+  the directions they touch, are sorted, by a stable sort on one int64 key (direction, value), so equal
+  values keep the lower index. While the lists are filling, the block's own k-th value is the threshold;
+- histograms follow the CPU tally's grids exactly: a direction whose block does not fit its grid (or that
+  has none yet) is widened on the CPU with ``histogram.py`` (a few small rows) and its block counted again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from . import histogram
+from .tally import _ARRAYS, NonFiniteValues, Tally, TallyResult
+
+# Histogram counts are summed as 16-bit fields, four bins to an int64, so one pass needs no scatter;
+# a chunk of at most this many rows keeps every field below 2**16.
+_CHUNK = 65_535
+_FIELDS = 4
+_TOP, _BOTTOM = 1, 2
+
+
+class BlockStats(NamedTuple):
+    """What one read of a block [K, b] gives, per direction (and ``code`` per value)."""
+
+    s1: torch.Tensor
+    s2: torch.Tensor
+    s3: torch.Tensor
+    s4: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    zeros: torch.Tensor
+    counts: torch.Tensor  # int64 [K, bins]: values inside the current grid only
+    code: torch.Tensor  # int8 [K, b]: 1 top candidate, 2 bottom candidate, 3 both
+
+
+def count_bins(x: torch.Tensor, scale: torch.Tensor, off: torch.Tensor, bins: int) -> torch.Tensor:
+    """Histogram counts [K, bins] of float64 values [K, b] (b <= 65535) on grids floor(x * scale) - off.
+
+    Values outside a grid are not counted. Sums of packed 16-bit fields instead of a scatter, so a
+    compiled version is one reduction pass without atomics.
+    """
+    t = torch.floor(x * scale[:, None]) - off[:, None].to(torch.float64)
+    inside = (t >= 0) & (t < bins)
+    b = torch.where(inside, t, 0.0).to(torch.int64)
+    unit = torch.where(inside, torch.ones_like(b) << ((b % _FIELDS) * 16), 0)
+    group = b // _FIELDS
+    packed = torch.stack([torch.where(group == g, unit, 0).sum(1) for g in range(-(-bins // _FIELDS))], 1)
+    fields = (packed[:, :, None] >> (16 * torch.arange(_FIELDS, device=x.device))) & 0xFFFF
+    return fields.reshape(x.shape[0], -1)[:, :bins]
+
+
+def block_stats(
+    v: torch.Tensor,
+    shift: torch.Tensor,
+    top_thr: torch.Tensor,
+    bot_thr: torch.Tensor,
+    scale: torch.Tensor,
+    off: torch.Tensor,
+    bins: int,
+) -> BlockStats:
+    """Moment sums about ``shift``, extremes, zeros, histogram counts and candidate codes of float32 ``v``."""
+    x = v.to(torch.float64)
+    d = x - shift[:, None]
+    d2 = d * d
+    code = (v > top_thr[:, None]).to(torch.int8) + (v < bot_thr[:, None]).to(torch.int8) * _BOTTOM
+    return BlockStats(
+        d.sum(1),
+        d2.sum(1),
+        (d2 * d).sum(1),
+        (d2 * d2).sum(1),
+        x.amin(1),
+        x.amax(1),
+        (v == 0).sum(1),
+        count_bins(x, scale, off, bins),
+        code,
+    )
+
+
+class _Kernels:
+    """``block_stats`` compiled once per process (for CUDA), unless compiling failed here before."""
+
+    compiled: Callable[..., BlockStats] | None = None
+    failed = False
+
+    @classmethod
+    def get(cls) -> Callable[..., BlockStats]:
+        if cls.compiled is None:
+            cls.compiled = torch.compile(block_stats, dynamic=True)
+        return cls.compiled
+
+    @classmethod
+    def give_up(cls, exc: Exception) -> None:
+        cls.failed = True
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"torch.compile failed ({first}); the device tally runs unfused", stacklevel=3)
+
+
+class DeviceTally:
+    """Running statistics of K directions on a torch device; feed blocks [K, B] in increasing row order.
+
+    ``fused`` (default: on CUDA) compiles the per-block pass with ``torch.compile``.
+    """
+
+    def __init__(
+        self, n_directions: int, k: int, bins: int = 64, device: str | torch.device = "cpu", fused: bool | None = None
+    ) -> None:
+        if n_directions < 1 or k < 1 or bins < 2:
+            raise ValueError("a tally needs n_directions >= 1, k >= 1 and bins >= 2")
+        self.device = torch.device(device)
+        self.fused = self.device.type == "cuda" if fused is None else fused
+        self.k, self.bins = k, bins
+        self._load(Tally(n_directions, k, bins).state_dict())
+
+    def _load(self, state: dict[str, np.ndarray]) -> None:
+        for name in _ARRAYS:
+            setattr(self, name, torch.from_numpy(np.ascontiguousarray(state[name])).to(self.device))
+        count, last_index, self.k, self.bins = (int(v) for v in state["meta"])
+        self.count, self.last_index = count, last_index
+        # 1 / bin width, computed exactly by numpy (torch.ldexp goes through an inexact pow)
+        self.scale = torch.from_numpy(histogram.scale_of(state["hist_exp"])).to(self.device)
+
+    @property
+    def n_directions(self) -> int:
+        return self.top_v.shape[0]
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, np.ndarray], device: str | torch.device = "cpu", fused: bool | None = None
+    ) -> DeviceTally:
+        """Continue a tally (e.g. a checkpoint's, in the CPU tally's format) on ``device``."""
+        meta = state["meta"]
+        tally = cls(state["top_v"].shape[0], int(meta[2]), int(meta[3]), device, fused)
+        tally._load(state)
+        return tally
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state in the CPU tally's format: the only time it leaves the device."""
+        state = {name: getattr(self, name).cpu().numpy() for name in _ARRAYS}
+        state["meta"] = np.array([self.count, self.last_index, self.k, self.bins], np.int64)
+        return state
+
+    def to_tally(self) -> Tally:
+        """The same state as a CPU ``Tally``."""
+        return Tally.from_state_dict(self.state_dict())
+
+    def result(self) -> TallyResult:
+        return self.to_tally().result()
+
+    def merge(self, other: Tally | DeviceTally) -> Tally:
+        """The exact tally of the union of two disjoint sets of rows, merged on the CPU."""
+        return self.to_tally().merge(other.to_tally() if isinstance(other, DeviceTally) else other)
+
+    def update(self, values: torch.Tensor, indices: np.ndarray) -> None:
+        """Fold in ``values[K, B]`` for dataset rows ``indices`` (increasing, after all seen rows)."""
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        if values.ndim != 2 or values.shape[0] != self.n_directions or values.shape[1] != indices.shape[0]:
+            raise ValueError(f"expected values [{self.n_directions}, B] matching indices, got {tuple(values.shape)}")
+        if indices.size == 0:
+            return
+        if indices[0] <= self.last_index or np.any(np.diff(indices) <= 0):
+            raise ValueError("rows must arrive in strictly increasing index order")
+        v = values.to(self.device, torch.float32).contiguous()
+        shift = self.mean if self.count else v[:, 0].to(torch.float64)
+        stats = self._read(v, shift)
+        nonfinite = ~torch.isfinite(stats.s4 + stats.s1 + stats.lo + stats.hi)
+        lo, hi, off = stats.lo * self.scale, stats.hi * self.scale, self.hist_off
+        fits = self.hist_ready & (lo >= off) & (hi < off + self.bins)  # compared in float64, as the CPU kernel
+        any_nonfinite, all_fit = torch.stack([nonfinite.any(), fits.all()]).tolist()
+        if any_nonfinite:
+            raise NonFiniteValues(torch.nonzero(nonfinite).flatten().cpu().numpy())
+        self._add_moments(stats, shift, v.shape[1])
+        self.zeros += stats.zeros
+        self.vmin = torch.minimum(self.vmin, stats.lo)
+        self.vmax = torch.maximum(self.vmax, stats.hi)
+        self.hist += torch.where(fits[:, None], stats.counts, 0)
+        if not all_fit:
+            self._widen(v, torch.nonzero(~fits).flatten())
+        rows = torch.from_numpy(indices).to(self.device)
+        self._select(self.top_v, self.top_i, v, rows, stats.code, _TOP, descending=True)
+        self._select(self.bot_v, self.bot_i, v, rows, stats.code, _BOTTOM, descending=False)
+        self.count += indices.size
+        self.last_index = int(indices[-1])
+
+    def _read(self, v: torch.Tensor, shift: torch.Tensor) -> BlockStats:
+        """One pass over the block, in chunks of at most 65,535 rows whose partial results combine."""
+        top_thr, bot_thr = self._thresholds(v)
+        parts = [self._fused(c, shift, top_thr, bot_thr) for c in v.split(_CHUNK, dim=1)]
+        if len(parts) == 1:
+            return parts[0]
+        return BlockStats(
+            *(sum(p[i] for p in parts) for i in range(4)),
+            torch.stack([p.lo for p in parts]).amin(0),
+            torch.stack([p.hi for p in parts]).amax(0),
+            sum(p.zeros for p in parts),
+            sum(p.counts for p in parts),
+            torch.cat([p.code for p in parts], 1),
+        )
+
+    def _fused(self, v: torch.Tensor, shift: torch.Tensor, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> BlockStats:
+        args = (v, shift, top_thr, bot_thr, self.scale, self.hist_off, self.bins)
+        if self.fused and not _Kernels.failed:
+            try:
+                return _Kernels.get()(*args)
+            except Exception as exc:  # no compiler or Triton on this machine: same results, unfused
+                _Kernels.give_up(exc)
+        return block_stats(*args)
+
+    def _thresholds(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values strictly above ``top`` (below ``bot``) are candidates.
+
+        Full lists: the current k-th values. Filling lists: the block's own k-th value (ties included, by
+        stepping one float below it), since k values of the block already reach it; -inf/inf if B <= k.
+        """
+        if self.count >= self.k:
+            return self.top_v[:, -1], self.bot_v[:, -1]
+        if v.shape[1] <= self.k:
+            inf = torch.full_like(v[:, 0], torch.inf)
+            return -inf, inf
+        kth_top = torch.topk(v, self.k, dim=1).values[:, -1]
+        kth_bot = torch.topk(v, self.k, dim=1, largest=False).values[:, -1]
+        inf = torch.full_like(kth_top, torch.inf)
+        return torch.nextafter(kth_top, -inf), torch.nextafter(kth_bot, inf)
+
+    def _add_moments(self, stats: BlockStats, shift: torch.Tensor, n_rows: int) -> None:
+        """The block's central moments from its sums about ``shift``, merged into the running ones (Pébay)."""
+        n = float(n_rows)
+        mu = stats.s1 / n
+        bm2 = (stats.s2 - n * mu * mu).clamp_min(0.0)
+        bm3 = stats.s3 - 3.0 * mu * stats.s2 + 2.0 * n * mu * mu * mu
+        bm4 = (stats.s4 - 4.0 * mu * stats.s3 + 6.0 * mu * mu * stats.s2 - 3.0 * n * mu**4).clamp_min(0.0)
+        if self.count == 0:
+            self.mean, self.m2, self.m3, self.m4 = shift + mu, bm2, bm3, bm4
+            return
+        self.mean, self.m2, self.m3, self.m4 = merge_moments(
+            float(self.count), self.mean, self.m2, self.m3, self.m4, n, shift + mu, bm2, bm3, bm4
+        )
+
+    def _widen(self, v: torch.Tensor, columns: torch.Tensor) -> None:
+        """Regrid the listed histograms on the CPU, exactly as ``Tally._widen``, then count their block."""
+        lo, hi = self.vmin[columns].cpu().numpy(), self.vmax[columns].cpu().numpy()
+        old_exp, old_off = self.hist_exp[columns].cpu().numpy(), self.hist_off[columns].cpu().numpy()
+        new_exp = histogram.fit_exponent(lo, hi, self.bins, at_least=old_exp)
+        new_off = histogram.centred_offset(lo, hi, new_exp, self.bins)
+        moved = histogram.regrid(self.hist[columns].cpu().numpy(), old_off, old_exp, new_off, new_exp)
+        exp_t, off_t = torch.from_numpy(new_exp).to(self.device), torch.from_numpy(new_off).to(self.device)
+        scale = torch.from_numpy(histogram.scale_of(new_exp)).to(self.device)
+        x = v[columns].to(torch.float64)
+        counts = sum(count_bins(c, scale, off_t, self.bins) for c in x.split(_CHUNK, dim=1))
+        self.hist[columns] = torch.from_numpy(moved).to(self.device) + counts
+        self.hist_exp[columns], self.hist_off[columns], self.scale[columns] = exp_t, off_t, scale
+        self.hist_ready[columns] = True
+
+    def _select(
+        self,
+        keep_v: torch.Tensor,
+        keep_i: torch.Tensor,
+        v: torch.Tensor,
+        rows: torch.Tensor,
+        code: torch.Tensor,
+        bit: int,
+        descending: bool,
+    ) -> None:
+        """Fold the candidates marked ``bit`` into the sorted lists (in place), ties toward the lower index."""
+        direction, column = torch.nonzero(code & bit, as_tuple=True)
+        if direction.numel() == 0:
+            return
+        filled = min(self.count, self.k)
+        touched = torch.zeros(self.n_directions, dtype=torch.bool, device=v.device)
+        touched[direction] = True
+        old = torch.nonzero(touched).flatten()
+        # State first, then the block's candidates (both in row order): the stable sort keeps this order
+        # among equal values, which is increasing dataset index.
+        which = torch.cat([old.repeat_interleave(filled), direction])
+        values = torch.cat([keep_v[old, :filled].flatten(), v[direction, column]])
+        index = torch.cat([keep_i[old, :filled].flatten(), rows[column]])
+        rank_key = _ordered(values)
+        key = which * (1 << 32) + ((1 << 32) - 1 - rank_key if descending else rank_key)
+        order = torch.sort(key, stable=True).indices
+        which = which[order]
+        per_direction = torch.bincount(which, minlength=self.n_directions)
+        starts = torch.cumsum(per_direction, 0) - per_direction
+        rank = torch.arange(which.numel(), device=v.device) - starts[which]
+        kept = rank < self.k
+        keep_v[which[kept], rank[kept]] = values[order][kept]
+        keep_i[which[kept], rank[kept]] = index[order][kept]
+
+
+def _ordered(values: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 in [0, 2**32) with the same order (-0.0 and 0.0 equal), for sort keys."""
+    canonical = torch.where(values == 0, torch.zeros_like(values), values)
+    bits = canonical.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    negative = bits >= (1 << 31)
+    return torch.where(negative, 0xFFFFFFFF - bits, bits + (1 << 31))
+
+
+def merge_moments(
+    n_a: float,
+    mean_a: torch.Tensor,
+    m2_a: torch.Tensor,
+    m3_a: torch.Tensor,
+    m4_a: torch.Tensor,
+    n_b: float,
+    mean_b: torch.Tensor,
+    m2_b: torch.Tensor,
+    m3_b: torch.Tensor,
+    m4_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pébay (2008) pairwise update of central moment sums, as the numba kernel's ``_merge_moments``."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    d_n = delta / n
+    d_n2 = d_n * d_n
+    term = delta * d_n * n_a * n_b
+    mean = mean_a + d_n * n_b
+    m4 = (
+        m4_a
+        + m4_b
+        + term * d_n2 * (n_a * n_a - n_a * n_b + n_b * n_b)
+        + 6.0 * d_n2 * (n_a * n_a * m2_b + n_b * n_b * m2_a)
+        + 4.0 * d_n * (n_a * m3_b - n_b * m3_a)
+    )
+    m3 = m3_a + m3_b + term * d_n * (n_a - n_b) + 3.0 * d_n * (n_a * m2_b - n_b * m2_a)
+    m2 = m2_a + m2_b + term
+    return mean, m2, m3, m4

@@ -1,0 +1,162 @@
+"""DeviceTally (torch) against the numba Tally on the same projections: same lists, counts and histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from dirscope.tally import NonFiniteValues, Tally
+from dirscope.tally.device import DeviceTally, count_bins
+from test_tally import streams
+
+EXACT = ("top_values", "top_indices", "bottom_values", "bottom_indices", "zeros", "min", "max", "hist_counts")
+EXACT += ("hist_start", "hist_width")
+CLOSE = ("mean", "var", "skew", "kurtosis")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def run_both(values: np.ndarray, indices: np.ndarray, k: int, bins: int, cuts: list[int], device: str = "cpu"):
+    cpu, dev = Tally(values.shape[0], k, bins), DeviceTally(values.shape[0], k, bins, device)
+    for lo, hi in zip([0, *cuts], [*cuts, values.shape[1]], strict=True):
+        cpu.update(values[:, lo:hi], indices[lo:hi])
+        dev.update(torch.from_numpy(values[:, lo:hi]).to(device), indices[lo:hi])
+    return cpu, dev
+
+
+def assert_same(a, b) -> None:
+    """Exact fields bit for bit; moments to 1e-10 relative to the data's scale."""
+    assert a.count == b.count
+    for name in EXACT:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    scale = np.maximum(np.abs(a.min), np.abs(a.max)) + 1e-300
+    np.testing.assert_allclose(a.mean / scale, b.mean / scale, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.sqrt(a.var) / scale, np.sqrt(b.var) / scale, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.skew, b.skew, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.kurtosis, b.kurtosis, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams())
+def test_matches_numba_tally(stream):
+    values, indices, k, cuts, bins = stream
+    cpu, dev = run_both(values, indices, k, bins, cuts)
+    assert_same(cpu.result(), dev.result())
+
+
+@pytest.mark.parametrize("batch", [7, 64, 100, 1000])
+@pytest.mark.parametrize("k", [1, 16, 70, 2000])
+def test_heavy_ties_and_batch_sizes(batch, k):
+    """Integer values (many ties), a constant direction and ReLU zeros; k above the batch and above N."""
+    rng = np.random.default_rng(batch * 31 + k)
+    n = 1500
+    values = np.vstack(
+        [
+            rng.integers(-2, 3, size=(3, n)),
+            np.full((1, n), 5.0),
+            np.maximum(rng.normal(size=(2, n)), 0) * 4,
+            rng.normal(size=(2, n)) * 1e3 + 1e5,
+        ]
+    ).astype(np.float32)
+    indices = np.arange(n) * 2 + 7
+    cuts = list(range(batch, n, batch))
+    cpu, dev = run_both(values, indices, k, 64, cuts)
+    assert_same(cpu.result(), dev.result())
+
+
+def test_moments_agree_to_1e10():
+    rng = np.random.default_rng(5)
+    values = (rng.gamma(2.0, size=(4, 30_000)) * 3 + 1e3).astype(np.float32)
+    cpu, dev = run_both(values, np.arange(30_000), 8, 64, list(range(1000, 30_000, 1000)))
+    a, b = cpu.result(), dev.result()
+    for name in CLOSE:
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-10, err_msg=name)
+
+
+def test_state_dict_is_the_cpu_format_and_resumes():
+    rng = np.random.default_rng(6)
+    values = rng.normal(size=(5, 4000)).astype(np.float32)
+    idx = np.arange(4000)
+    cpu, dev = run_both(values[:, :2000], idx[:2000], 12, 32, list(range(300, 2000, 300)))
+    state = dev.state_dict()
+    assert state.keys() == cpu.state_dict().keys()
+    resumed = DeviceTally.from_state_dict(cpu.state_dict())
+    for lo in range(2000, 4000, 300):
+        cpu.update(values[:, lo : lo + 300], idx[lo : lo + 300])
+        resumed.update(torch.from_numpy(values[:, lo : lo + 300]), idx[lo : lo + 300])
+    assert_same(cpu.result(), resumed.result())
+    assert_same(cpu.result(), resumed.to_tally().result())
+
+
+def test_merge_returns_the_exact_cpu_merge():
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 5, size=(3, 900)).astype(np.float32)
+    idx = np.arange(900)
+    a, b, whole = DeviceTally(3, 10, 16), DeviceTally(3, 10, 16), Tally(3, 10, 16)
+    a.update(torch.from_numpy(values[:, :400]), idx[:400])
+    b.update(torch.from_numpy(values[:, 400:]), idx[400:])
+    whole.update(values, idx)
+    assert_same(whole.result(), a.merge(b).result())
+
+
+def test_nonfinite_directions_are_named_and_state_kept():
+    values = np.ones((4, 10), np.float32)
+    values[2, 3] = np.nan
+    values[3, 0] = np.inf
+    tally = DeviceTally(4, 3)
+    with pytest.raises(NonFiniteValues) as err:
+        tally.update(torch.from_numpy(values), np.arange(10))
+    assert err.value.directions.tolist() == [2, 3]
+    assert tally.count == 0
+
+
+def test_rows_out_of_order_are_refused():
+    tally = DeviceTally(2, 3)
+    tally.update(torch.zeros(2, 4), np.arange(4))
+    with pytest.raises(ValueError, match="increasing"):
+        tally.update(torch.zeros(2, 2), np.array([3, 9]))
+
+
+def test_packed_histogram_counts_equal_bincount():
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.normal(size=(6, 5000)) * 20)
+    scale = torch.full((6,), 0.5, dtype=torch.float64)
+    off = torch.tensor([-30, -20, -10, 0, -40, -5])
+    got = count_bins(x, scale, off, 37).numpy()
+    for c in range(6):
+        b = np.floor(x[c].numpy() * 0.5).astype(np.int64) - off[c].item()
+        b = b[(b >= 0) & (b < 37)]
+        np.testing.assert_array_equal(got[c], np.bincount(b, minlength=37))
+
+
+def test_bfloat16_blocks_are_tallied_as_float32():
+    rng = np.random.default_rng(9)
+    values = torch.from_numpy(rng.normal(size=(3, 300)).astype(np.float32)).to(torch.bfloat16)
+    cpu, dev = Tally(3, 5), DeviceTally(3, 5)
+    cpu.update(values.float().numpy(), np.arange(300))
+    dev.update(values, np.arange(300))
+    assert_same(cpu.result(), dev.result())
+
+
+@cuda
+@settings(max_examples=40, deadline=None)
+@given(streams())
+def test_cuda_matches_numba_tally(stream):
+    values, indices, k, cuts, bins = stream
+    cpu, dev = run_both(values, indices, k, bins, cuts, "cuda")
+    assert_same(cpu.result(), dev.result())
+
+
+@cuda
+@pytest.mark.parametrize("fused", [False, True])
+def test_cuda_large_blocks_match_cpu(fused):
+    rng = np.random.default_rng(10)
+    values = np.vstack([rng.normal(size=(60, 70_000)), rng.integers(-3, 4, size=(4, 70_000))]).astype(np.float32)
+    idx = np.arange(70_000)
+    cpu = Tally(64, 64)
+    dev = DeviceTally(64, 64, device="cuda", fused=fused)
+    for lo in range(0, 70_000, 35_000):
+        cpu.update(values[:, lo : lo + 35_000], idx[lo : lo + 35_000])
+        dev.update(torch.from_numpy(values[:, lo : lo + 35_000]).cuda(), idx[lo : lo + 35_000])
+    assert_same(cpu.result(), dev.result())

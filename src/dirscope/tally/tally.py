@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import histogram
-from .kernels import _merge_moments, histogram_kernel, update_kernel
+from .kernels import _merge_moments, histogram_kernel, merge_extremes_kernel, update_kernel
 
 
 class NonFiniteValues(ValueError):
@@ -252,12 +252,6 @@ def _merge_extremes(
     v_a: np.ndarray, i_a: np.ndarray, v_b: np.ndarray, i_b: np.ndarray, descending: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best of two sorted lists by value, ties toward the lower index; empty slots go last."""
-    values = np.concatenate([v_a, v_b], axis=1)
-    indices = np.concatenate([i_a, i_b], axis=1)
-    empty = indices < 0
-    key = np.where(empty, np.inf, -values.astype(np.float64) if descending else values.astype(np.float64))
-    tie = np.where(empty, np.iinfo(np.int64).max, indices)
-    rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
-    order = np.lexsort((tie.ravel(), key.ravel(), rows.ravel())).reshape(values.shape)[:, : v_a.shape[1]]
-    order -= np.arange(values.shape[0])[:, None] * values.shape[1]
-    return np.take_along_axis(values, order, 1), np.take_along_axis(indices, order, 1)
+    out_v, out_i = np.empty_like(v_a), np.empty_like(i_a)
+    merge_extremes_kernel(v_a, i_a, v_b, i_b, descending, out_v, out_i)
+    return out_v, out_i

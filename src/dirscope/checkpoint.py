@@ -48,6 +48,8 @@ _WHAT = {
     "null_sample": "--null-sample",
     "device": "--device",
     "cache": "--cache/--cache-dtype",
+    "autocast": "--autocast",
+    "tally": "--tally",
 }
 
 

@@ -72,7 +72,27 @@ def cli() -> None:
 @click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per forward pass.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice (recorded).")
 @click.option("--limit", default=None, type=int, help="Scan only the first N examples.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu or cuda[:N]. On a GPU the inputs go through pinned memory and projections and tallies stay there.",
+)
+@click.option(
+    "--autocast",
+    type=click.Choice(["bf16"]),
+    default=None,
+    help="Run the scan's forward passes and projections in bfloat16 (torch.autocast); top-k is then exact for "
+    "the bf16-rounded projections. Recorded in the manifest.",
+)
+@click.option(
+    "--tally",
+    type=click.Choice(["auto", "numba", "device"]),
+    default="auto",
+    show_default=True,
+    help="auto: the numba tally on cpu, the torch device tally beside the projections elsewhere; device forces "
+    "the torch tally (also on cpu), numba the CPU one.",
+)
 @click.option(
     "--workers",
     default=0,
@@ -189,6 +209,8 @@ def run(**opts: object) -> None:
         cache=opts["cache"],
         cache_dtype=opts["cache_dtype"],
         from_cache=opts["from_cache"],
+        autocast=opts["autocast"],
+        tally=opts["tally"],
         engine=opts["engine"],
         ray_address=opts["ray_address"],
         ray_workers=opts["ray_workers"],

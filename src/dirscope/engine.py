@@ -36,10 +36,13 @@ from .result import Result
 from .rundir import RUN_FORMAT
 from .seeding import derive_seed, numpy_rng
 from .tally import NonFiniteValues, Reservoir, Tally
+from .tally.device import DeviceTally
 
 # Rows of per-position activations kept for fitting learned families (e.g. PCA) on a spatial layer.
 FIT_ROW_BUDGET = 200_000
 FIRST_OFFENDERS = 10
+AUTOCASTS = {None: None, "bf16": torch.bfloat16}
+TALLIES = ("auto", "numba", "device")
 
 
 @dataclass
@@ -57,6 +60,8 @@ class RunConfig:
     fit_samples: int = 10_000
     null_sample: int = 1_000
     cache: str | None = None  # dtype of the activation cache written, if any
+    autocast: str | None = None  # "bf16": the scan's forward and projections under torch.autocast
+    tally: str = "auto"  # auto: the numba tally on cpu, the torch DeviceTally on other devices
 
     def check(self) -> None:
         if self.k < 1:
@@ -73,7 +78,16 @@ class RunConfig:
             raise DirscopeError(f"--bins must be at least 2, got {self.bins}")
         if self.cache is not None and self.cache not in CACHE_DTYPES:
             raise DirscopeError(f"unknown --cache-dtype {self.cache!r}; use one of {', '.join(CACHE_DTYPES)}")
+        if self.autocast not in AUTOCASTS:
+            raise DirscopeError(f"unknown --autocast {self.autocast!r}; use bf16, or leave it out for float32")
+        if self.tally not in TALLIES:
+            raise DirscopeError(f"unknown --tally {self.tally!r}; use one of {', '.join(TALLIES)}")
         check_device(self.device)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the tallies are torch DeviceTallies (kept where the projections are) or numba Tallies."""
+        return self.tally == "device" or (self.tally == "auto" and torch.device(self.device).type != "cpu")
 
 
 @dataclass
@@ -112,7 +126,7 @@ class LayerPlan:
     shape: tuple[int, ...]
     axis: int
     directions: DirectionSet
-    tally: Tally
+    tally: Tally | DeviceTally
     vectors: torch.Tensor
     excluded: int = 0
     first_excluded: list[int] = field(default_factory=list)
@@ -157,6 +171,8 @@ def run(
     cache: bool = False,
     cache_dtype: str = "float32",
     from_cache: str | Path | None = None,
+    autocast: str | None = None,
+    tally: str = "auto",
     engine: str = "local",
     ray_address: str | None = None,
     ray_workers: int | None = None,
@@ -174,12 +190,17 @@ def run(
     ``checkpoint_every`` seconds (0: none) that ``resume=True`` continues from after a crash, giving the
     same results as an uninterrupted run. ``cache=True`` also writes the activations to ``out/cache``;
     ``from_cache`` (a run directory or cache folder) then analyses new directions without model or data pass.
+    With ``device="cuda"`` the projections and tallies stay on the GPU (``tally="auto"`` picks the torch
+    ``DeviceTally`` off the CPU; ``tally="device"`` forces it on the CPU, ``"numba"`` the CPU tally);
+    ``autocast="bf16"`` runs the scan's forward passes and projections under ``torch.autocast`` in bfloat16.
     ``engine="ray"`` scans contiguous shards of the rows in Ray tasks (``ray_workers`` at once, default one per
     CPU, or GPU with ``device="cuda"``) on the cluster at ``ray_address`` (default: this process's connection,
     else a new local cluster) and merges them exactly, in order: the same results as ``engine="local"``.
     """
     cache_as = cache_dtype if cache else None
-    config = RunConfig(directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as)
+    config = RunConfig(
+        directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as, autocast, tally
+    )
     config.check()
     _check_sources(model, data, from_cache, cache)
     _check_out(out, overwrite, resume, checkpoint_every, cache)
@@ -306,9 +327,15 @@ def _plan_layers(feed: Feed, config: RunConfig, checkpoint: Checkpoint | None) -
                 config.directions, dim=shape[axis], layer=name, seed=config.seed, fit_data=lambda n=name: fit(n)
             )
             tally, excluded, first = Tally(len(dirs), config.k, config.bins), 0, []
+        tally = make_tally(tally, config)
         vectors = torch.from_numpy(dirs.vectors).to(config.device)
         plans.append(LayerPlan(name, shape, axis, dirs, tally, vectors, excluded, first))
     return plans
+
+
+def make_tally(tally: Tally, config: RunConfig) -> Tally | DeviceTally:
+    """``tally`` as the run tallies: on the device beside the projections (config.on_device), else numba's."""
+    return DeviceTally.from_state_dict(tally.state_dict(), config.device) if config.on_device else tally
 
 
 class _FitActivations:
@@ -387,7 +414,9 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
         desc="scanning",
         file=sys.stderr,
     )
-    with bar, torch.inference_mode():
+    precision = AUTOCASTS[config.autocast]
+    autocast = torch.autocast(torch.device(config.device).type, precision, enabled=precision is not None)
+    with bar, torch.inference_mode(), autocast:
         for idx, y, acts in feed.stream(config.batch_size, start=progress.start, limit=config.limit):
             log.add(idx, y)
             if progress.writer is not None:
@@ -410,6 +439,7 @@ def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:
 
 
 def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> None:
+    act = act.to(plan.vectors.device)  # a cache's rows arrive on the CPU
     ok = finite_rows(act)
     if not bool(ok.all()):
         ok_np = ok.cpu().numpy()
@@ -419,9 +449,9 @@ def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> Non
         act, idx = act[ok], idx[ok_np]
         if idx.size == 0:
             return
-    values = project(act, plan.vectors, pool, plan.axis).cpu().numpy()
+    values = project(act, plan.vectors, pool, plan.axis).float()
     try:
-        plan.tally.update(values, idx)
+        plan.tally.update(values if isinstance(plan.tally, DeviceTally) else values.cpu().numpy(), idx)
     except NonFiniteValues as exc:
         raise DirscopeError(
             f"layer {plan.name!r}: projections overflow float32 for directions {exc.directions[:5].tolist()}; "

@@ -91,7 +91,7 @@ class ModelFeed:
                     keep = idx < limit
                     x, idx, y = x[torch.from_numpy(keep)], idx[keep], None if y is None else y[keep]
                 if idx.size:
-                    yield idx, y, capture.run(x.to(self.device, non_blocking=True))
+                    yield idx, y, capture.run(to_device(x, self.device))
                 if limit is not None and batch.indices[-1] >= limit - 1:
                     return
 
@@ -112,6 +112,13 @@ class CacheFeed:
         self, batch_size: int, *, start: int = 0, indices: np.ndarray | None = None, limit: int | None = None
     ) -> Iterator[Step]:
         return self.reader.stream(self.names, batch_size, start=start, indices=indices, limit=limit)
+
+
+def to_device(x: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch on ``device``; to a GPU from pinned memory, so the copy is asynchronous."""
+    if torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def first_inputs(source: DataSource) -> torch.Tensor:

@@ -78,15 +78,16 @@ def assert_same_dir(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(stats_a[MOMENTS], stats_b[MOMENTS], check_exact=False, rtol=1e-9)
 
 
-@pytest.mark.parametrize(("limit", "workers"), [(None, 2), (250, 3)])
-def test_ray_run_equals_the_local_run(cluster, tmp_path, limit, workers):
+# tally="device": the workers scan with the torch DeviceTally, as they do with --device cuda
+@pytest.mark.parametrize(("limit", "workers", "tally"), [(None, 2, "auto"), (250, 3, "device")])
+def test_ray_run_equals_the_local_run(cluster, tmp_path, limit, workers, tally):
     x, y = data()
-    local = dirscope.run(sequential(), data=(x, y), **SETTINGS, limit=limit, out=tmp_path / "local", progress=False)
+    settings = {**SETTINGS, "limit": limit, "tally": tally}
+    local = dirscope.run(sequential(), data=(x, y), **settings, out=tmp_path / "local", progress=False)
     sharded = dirscope.run(
         sequential(),
         data=(x, y),
-        **SETTINGS,
-        limit=limit,
+        **settings,
         engine="ray",
         ray_workers=workers,
         out=tmp_path / "ray",

@@ -25,7 +25,17 @@ from tqdm.auto import tqdm
 
 from .data import IterableSource
 from .directions import DirectionSet
-from .engine import FIRST_OFFENDERS, LayerPlan, RunConfig, ScanLog, _open_feed, _Progress, _restore_log, _scan
+from .engine import (
+    FIRST_OFFENDERS,
+    LayerPlan,
+    RunConfig,
+    ScanLog,
+    _open_feed,
+    _Progress,
+    _restore_log,
+    _scan,
+    make_tally,
+)
 from .errors import DirscopeError
 from .feeds import Feed, Rows
 from .tally import Reservoir, Tally
@@ -233,7 +243,7 @@ def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
     feed = _open_feed(job.model, job.layers, job.data, config, job.from_cache, job.workers)
     _check_same(feed, task.expect)
     plans = [
-        LayerPlan(name, shape, axis, dirs, Tally(len(dirs), config.k, config.bins), _vectors(dirs, config.device))
+        LayerPlan(name, shape, axis, dirs, _fresh_tally(dirs, config), _vectors(dirs, config.device))
         for name, shape, axis, dirs in task.layers
     ]
     log = _restore_log(None, config)[0]
@@ -246,6 +256,11 @@ def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
         log.unlabelled,
         log.null.state_dict(),
     )
+
+
+def _fresh_tally(dirs: DirectionSet, config: RunConfig) -> Any:
+    """The kind of tally the driver would scan with (on the GPU with --device cuda)."""
+    return make_tally(Tally(len(dirs), config.k, config.bins), config)
 
 
 def _vectors(dirs: DirectionSet, device: str) -> torch.Tensor:

@@ -36,6 +36,19 @@ from dirscope.feeds import to_device
 from dirscope.models import load_model
 from dirscope.tally.device import DeviceTally
 
+# The section of docs/benchmarks.md (written by run_all.py) that points here.
+SECTION = """## GPU
+
+`python benchmarks/gpu.py --out docs/benchmarks-gpu.md` checks and measures the GPU path on a CUDA machine, in
+a few minutes, and names the card in what it writes: (a) mnist-cnn at conv2 and fc1 over `mnist` on the GPU
+against the CPU run (same top-k and bottom-k indices, except rank swaps between values equal to rounding,
+which it counts); (b) the issue's case, 1M rows, D = 2,048, 4,096 directions, top-64 and bottom-64 in bf16:
+the projection GEMM alone against GEMM + DeviceTally (moments, zeros and histograms included, fused and
+unfused) and GEMM + a NetDissect-style concatenate-and-reselect top-k, as ratios to the GEMM (target: at most
+3x); (c) `dirscope run` images/s on mnist-cnn against the bare forward. `--device cpu --rows 20000` runs the
+same code on the CPU as a smoke test. No GPU was available to the session that built the GPU path, so no GPU
+numbers are recorded yet: docs/benchmarks-gpu.md appears once a session with a GPU has run the script."""
+
 NEAR_EQUAL = 1e-5  # relative difference under which a rank swap counts as rounding, not an error
 
 

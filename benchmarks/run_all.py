@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import engine as eng
-from benchmarks import imagenet
+from benchmarks import gpu, imagenet
 from dirscope.atomic import write_text
 
 
@@ -122,6 +122,8 @@ warm-up over the first ~100k rows and then stops: compare the last two rows. (a)
             ],
         )
     }
+
+{gpu.SECTION}
 """
     write_text(args.out, text)
     print(text)

@@ -18,7 +18,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def run_both(values: np.ndarray, indices: np.ndarray, k: int, bins: int, cuts: list[int], device: str = "cpu"):
-    cpu, dev = Tally(values.shape[0], k, bins), DeviceTally(values.shape[0], k, bins, device)
+    """Unfused: a compiled pass would compile again for every number of bins that hypothesis draws."""
+    cpu, dev = Tally(values.shape[0], k, bins), DeviceTally(values.shape[0], k, bins, device, fused=False)
     for lo, hi in zip([0, *cuts], [*cuts, values.shape[1]], strict=True):
         cpu.update(values[:, lo:hi], indices[lo:hi])
         dev.update(torch.from_numpy(values[:, lo:hi]).to(device), indices[lo:hi])

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import histogram
+from .kernels import pebay_merge
 from .tally import _ARRAYS, NonFiniteValues, Tally, TallyResult
 
 # Histogram counts are summed as 16-bit fields, four bins to an int64, so one pass needs no scatter;
@@ -318,20 +319,5 @@ def merge_moments(
     m3_b: torch.Tensor,
     m4_b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pébay (2008) pairwise update of central moment sums, as the numba kernel's ``_merge_moments``."""
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    d_n = delta / n
-    d_n2 = d_n * d_n
-    term = delta * d_n * n_a * n_b
-    mean = mean_a + d_n * n_b
-    m4 = (
-        m4_a
-        + m4_b
-        + term * d_n2 * (n_a * n_a - n_a * n_b + n_b * n_b)
-        + 6.0 * d_n2 * (n_a * n_a * m2_b + n_b * n_b * m2_a)
-        + 4.0 * d_n * (n_a * m3_b - n_b * m3_a)
-    )
-    m3 = m3_a + m3_b + term * d_n * (n_a - n_b) + 3.0 * d_n * (n_a * m2_b - n_b * m2_a)
-    m2 = m2_a + m2_b + term
-    return mean, m2, m3, m4
+    """Pébay (2008) pairwise update of central moment sums: the CPU kernels' own formula, on tensors."""
+    return pebay_merge(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)

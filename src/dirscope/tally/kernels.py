@@ -15,12 +15,12 @@ import numpy as np
 _FASTMATH = {"reassoc", "contract"}
 
 
-@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b):  # pragma: no cover - jit
-    """Pébay (2008) pairwise update of central moment sums; exact in exact arithmetic."""
+def pebay_merge(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b):
+    """Pébay (2008) pairwise update of central moment sums; exact in exact arithmetic.
+
+    Plain arithmetic, so the numba kernels (scalars) and the torch DeviceTally (tensors) share one formula.
+    """
     n = n_a + n_b
-    if n_a == 0:
-        return mean_b, m2_b, m3_b, m4_b
     delta = mean_b - mean_a
     d_n = delta / n
     d_n2 = d_n * d_n
@@ -36,6 +36,17 @@ def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
     m3 = m3_a + m3_b + term * d_n * (n_a - n_b) + 3.0 * d_n * (n_a * m2_b - n_b * m2_a)
     m2 = m2_a + m2_b + term
     return mean, m2, m3, m4
+
+
+_pebay_merge_jit = nb.njit(fastmath=_FASTMATH, cache=True, inline="always")(pebay_merge)
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b):  # pragma: no cover - jit
+    """``pebay_merge``, taking the second part as it is when the first is empty."""
+    if n_a == 0:
+        return mean_b, m2_b, m3_b, m4_b
+    return _pebay_merge_jit(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")

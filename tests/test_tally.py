@@ -75,6 +75,21 @@ def test_matches_brute_force(stream):
     assert_histogram_exact(r, x)
 
 
+@pytest.mark.parametrize("k", [1, 64, 100])
+def test_long_blocks_with_ties_across_filter_chunks(k):
+    """Blocks far longer than the kernel's filter chunk, with ties and late entries inside every chunk."""
+    rng = np.random.default_rng(k)
+    n = 3_000
+    values = (rng.integers(-6, 7, size=(4, n)) + np.linspace(0, 3, n).round()).astype(np.float32)
+    values[1] = values[1, ::-1]  # the extremes come early, so later chunks must be filtered out
+    indices = np.arange(n, dtype=np.int64) * 2 + 5
+    tally = Tally(4, k)
+    feed(tally, values, indices, [1_000, 1_700, 1_763])
+    r = tally.result()
+    np.testing.assert_array_equal(r.top_indices, brute_top(values, indices, k, True))
+    np.testing.assert_array_equal(r.bottom_indices, brute_top(values, indices, k, False))
+
+
 def assert_histogram_exact(r, x: np.ndarray) -> None:
     n_bins = r.hist_counts.shape[1]
     for c in range(x.shape[0]):

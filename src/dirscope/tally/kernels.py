@@ -49,6 +49,21 @@ def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
     return _pebay_merge_jit(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
 
 
+@nb.njit(fastmath={"nnan", "nsz"}, cache=True)
+def _min_max(row):  # pragma: no cover - jit
+    """Smallest and largest value of a finite row, as float64.
+
+    Its own pass with its own flags: a min/max reduction vectorises only when NaN can be ignored, which
+    holds here because the caller has already rejected rows whose sums are not finite.
+    """
+    lo = row[0]
+    hi = row[0]
+    for b in range(1, row.shape[0]):
+        lo = min(lo, row[b])
+        hi = max(hi, row[b])
+    return np.float64(lo), np.float64(hi)
+
+
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _insert_desc(vals, idxs, filled, value, index):  # pragma: no cover - jit
     """Insert into a row sorted by value descending; equal values keep earlier (lower-index) entries first."""
@@ -101,7 +116,6 @@ def update_kernel(
 ):  # pragma: no cover - jit
     """Fold one block ``values[K, B]`` (rows ``indices``, increasing and beyond all seen) into the state."""
     n_dirs, n_rows = values.shape
-    k = top_v.shape[1]
     n_bins = hist.shape[1]
     for c in nb.prange(n_dirs):
         row = values[c]
@@ -110,8 +124,6 @@ def update_kernel(
         s2 = 0.0
         s3 = 0.0
         s4 = 0.0
-        lo = np.inf
-        hi = -np.inf
         z = 0
         for b in range(n_rows):
             v = np.float64(row[b])
@@ -121,10 +133,8 @@ def update_kernel(
             s2 += d2
             s3 += d2 * d
             s4 += d2 * d2
-            lo = min(lo, v)
-            hi = max(hi, v)
             z += v == 0.0
-        if not np.isfinite(s4 + s1 + lo + hi):
+        if not np.isfinite(s4 + s1):
             nonfinite[c] = True
             continue
         mu = s1 / n_rows
@@ -143,6 +153,7 @@ def update_kernel(
             bm3,
             max(bm4, 0.0),
         )
+        lo, hi = _min_max(row)
         zeros[c] += z
         vmin[c] = min(vmin[c], lo)
         vmax[c] = max(vmax[c], hi)
@@ -157,24 +168,42 @@ def update_kernel(
         else:
             needs_rebin[c] = True
 
-        tv = top_v[c]
-        ti = top_i[c]
-        bv = bot_v[c]
-        bi = bot_i[c]
-        f_top = filled
-        f_bot = filled
-        top_thr = tv[k - 1] if f_top == k else -np.inf
-        bot_thr = bv[k - 1] if f_bot == k else np.inf
-        for b in range(n_rows):
+        _update_extremes(row, indices, filled, top_v[c], top_i[c], bot_v[c], bot_i[c])
+
+
+# Rows are scanned in chunks: one branch-free pass asks whether any value of the chunk beats either
+# threshold, and only such chunks (rare once the lists are full) take the scalar insertion loop.
+_CHUNK = 64
+_NEG_INF32 = np.float32(-np.inf)  # float32 thresholds keep the filter pass at float32 vector width
+_POS_INF32 = np.float32(np.inf)
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _update_extremes(row, indices, filled, tv, ti, bv, bi):  # pragma: no cover - jit
+    """Insert the values of ``row`` that enter the top-k (``tv``) or bottom-k (``bv``) lists, in row order."""
+    k = tv.shape[0]
+    n_rows = row.shape[0]
+    f_top = filled
+    f_bot = filled
+    top_thr = tv[k - 1] if f_top == k else _NEG_INF32
+    bot_thr = bv[k - 1] if f_bot == k else _POS_INF32
+    for start in range(0, n_rows, _CHUNK):
+        stop = min(start + _CHUNK, n_rows)
+        hits = 0
+        for b in range(start, stop):
+            hits += (row[b] > top_thr) | (row[b] < bot_thr)
+        if hits == 0 and f_top == k and f_bot == k:
+            continue
+        for b in range(start, stop):
             v = row[b]
             if v > top_thr or f_top < k:
                 _insert_desc(tv, ti, f_top, v, indices[b])
                 f_top = min(f_top + 1, k)
-                top_thr = tv[k - 1] if f_top == k else -np.inf
+                top_thr = tv[k - 1] if f_top == k else _NEG_INF32
             if v < bot_thr or f_bot < k:
                 _insert_asc(bv, bi, f_bot, v, indices[b])
                 f_bot = min(f_bot + 1, k)
-                bot_thr = bv[k - 1] if f_bot == k else np.inf
+                bot_thr = bv[k - 1] if f_bot == k else _POS_INF32
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)

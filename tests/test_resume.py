@@ -266,3 +266,20 @@ def test_a_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(tmp_path,
     whole = dirscope.run(TinyConv(), data=(x, y), **settings)
     pd.testing.assert_frame_equal(resumed.topk, whole.topk)
     pd.testing.assert_frame_equal(resumed.stats, whole.stats)
+
+
+def test_every_write_fsyncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    """A rename is durable only once the directory is fsynced: otherwise power loss can undo the switch."""
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    save_checkpoint(tmp_path, {"next_index": 3}, {"a": np.arange(3)})
+    folder = tmp_path / CHECKPOINT_DIR
+    state = json.loads((folder / "checkpoint.json").read_text())["state_file"]
+    kinds = ["dir" if p == str(folder) else os.path.basename(p).split(".tmp")[0][:-9] for p in synced]
+    assert kinds == [f".{state}", "dir", ".checkpoint.json", "dir"]  # mkstemp adds 8 characters and a dot

@@ -18,7 +18,8 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``."""
+    """Yield a temporary path beside ``path``; on success it is fsynced, renamed over ``path``, and the
+    directory fsynced, so even a power loss leaves the old or the new file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,11 +34,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise DirscopeError(f"cannot write {path}: {exc.strerror or exc}; check free space and permissions") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: the new directory entry reaches the disk, not only the file's contents."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any]) -> None:

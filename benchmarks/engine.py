@@ -79,13 +79,15 @@ def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: in
     x, v = synthetic(n, dim, n_dirs)
     t = race(
         {
+            "gemm": lambda: gemm_only(x, v, batch),
             "engine": lambda: engine(x, v, batch, k),
             "store_all": lambda: store_all_then_topk(x, v, batch, k),
             "concat_resort": lambda: concat_and_resort(x, v, batch, k),
         },
         rounds,
     )
-    return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t}
+    tally_only = {f"{name}_tally": t[name] - t["gemm"] for name in ("engine", "concat_resort")}
+    return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t, **tally_only}
 
 
 _PEAK_SCRIPT = """

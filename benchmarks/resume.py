@@ -1,0 +1,114 @@
+"""Resume cost: what checkpoints cost while scanning, and how much time a `kill -9` loses.
+
+The run: mnist-cnn at conv2 (max-pooled over positions) and fc1, directions `basis,random:1024`, k = 64,
+over an npz of seeded random 28 x 28 images. (a) The same run in-process with a checkpoint after every batch
+against none: seconds per checkpoint. (b) The CLI run in a subprocess with `--checkpoint-every`, killed
+with SIGKILL at a fraction of an uninterrupted run's wall time, then resumed with `--resume`:
+lost = time until the kill + the resumed run's time - the uninterrupted run's time. It holds the work done
+since the last checkpoint (at most one interval) and the resumed process's start-up (imports, model load,
+reading the checkpoint); the resumed results equal the uninterrupted run's (tests/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import dirscope
+from dirscope.checkpoint import CHECKPOINT_DIR
+
+LAYERS = ("conv2", "fc1")
+DIRECTIONS = "basis,random:1024"
+BATCH = 256
+
+
+def random_images(path: Path, n: int) -> Path:
+    """An npz of n seeded random uint8 images shaped like MNIST's."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, n))
+    return path
+
+
+def _scan(data: Path, out: Path, every: float) -> float:
+    start = time.perf_counter()
+    dirscope.run(
+        "mnist-cnn", list(LAYERS), f"npz:{data}", DIRECTIONS, k=64, batch_size=BATCH,
+        out=out, overwrite=True, checkpoint_every=every, figures=False, progress=False,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def checkpoint_cost(n: int = 10_240, rounds: int = 3) -> dict:
+    """Seconds per checkpoint: a run that checkpoints after every batch against one that never does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = random_images(Path(tmp) / "x.npz", n)
+        _scan(data, Path(tmp) / "warm", 0)
+        every, never = [], []
+        for _ in range(rounds):
+            every.append(_scan(data, Path(tmp) / "every", 1e-9))
+            never.append(_scan(data, Path(tmp) / "never", 0))
+    batches = -(-n // BATCH)
+    per = (statistics.median(every) - statistics.median(never)) / batches
+    return {"rows": n, "checkpoints": batches, "never_s": statistics.median(never), "per_checkpoint_s": per}
+
+
+def _cli(data: Path, out: Path, every: float, *extra: str) -> list[str]:
+    layers = [arg for name in LAYERS for arg in ("--layer", name)]
+    return [
+        sys.executable, "-m", "dirscope", "run", "--model", "mnist-cnn", *layers, "--data", f"npz:{data}",
+        "--directions", DIRECTIONS, "--k", "64", "--batch-size", str(BATCH), "--no-figures",
+        "--checkpoint-every", str(every), "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _timed(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return time.perf_counter() - start
+
+
+def _killed_at(args: list[str], seconds: float) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=seconds)
+        raise RuntimeError("the run finished before the kill; give it more rows")
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return time.perf_counter() - start
+
+
+def kill_cost(n: int = 40_960, every: float = 5.0, fractions: tuple[float, ...] = (0.3, 0.6, 0.9)) -> list[dict]:
+    """Time lost to a SIGKILL at each fraction of the uninterrupted wall time, with its checkpoint's size."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = random_images(Path(tmp) / "x.npz", n)
+        whole = _timed(_cli(data, Path(tmp) / "whole", every))
+        for fraction in fractions:
+            out = Path(tmp) / f"killed-{fraction}"
+            until_kill = _killed_at(_cli(data, out, every), fraction * whole)
+            state = [f.stat().st_size / 2**20 for f in (out / CHECKPOINT_DIR).glob("state-*.npz")]
+            # killed before its first checkpoint, the run can only start over (still within one interval)
+            resumed = _timed(_cli(data, out, every, "--resume" if state else "--overwrite"))
+            rows.append(
+                {
+                    "rows": n,
+                    "every_s": every,
+                    "fraction": fraction,
+                    "whole_s": whole,
+                    "killed_s": until_kill,
+                    "resumed_s": resumed,
+                    "lost_s": until_kill + resumed - whole,
+                    "state_mib": state[0] if state else 0.0,
+                }
+            )
+    return rows

@@ -1,0 +1,42 @@
+"""The CPU benchmarks run end to end at tiny sizes, and measure what their tables say they measure."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import engine, pipeline, resume
+
+
+def test_resnet18_has_torchvision_resnet18_shape():
+    net = pipeline.resnet18()
+    assert sum(p.numel() for p in net.parameters()) == 11_689_512  # torchvision.models.resnet18's count
+    with torch.inference_mode():
+        assert net.layer4(torch.zeros(1, 256, 14, 14)).shape == (1, 512, 7, 7)
+        assert net(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+
+
+def test_pipeline_compare_reports_both_contenders():
+    net = pipeline.resnet18()
+    images = np.random.default_rng(0).standard_normal((80, 3, 32, 32), dtype=np.float32)
+    row = pipeline.compare(net, net, "layer4", images, "random:8", batch=40, rounds=1)
+    assert row["images"] == 80 and row["forward_ips"] > 0 and row["dirscope_ips"] > 0
+    assert np.isclose(row["overhead"], row["forward_ips"] / row["dirscope_ips"] - 1)
+
+
+def test_alternatives_subtract_the_gemm_of_the_same_race():
+    row = engine.engine_vs_alternatives(n=2_000, dim=16, n_dirs=8, k=4, batch=500, rounds=1)
+    for name in ("engine", "concat_resort"):
+        assert np.isclose(row[f"{name}_tally"], row[name] - row["gemm"])
+
+
+def test_kill_cost_resumes_a_killed_cli_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(resume, "DIRECTIONS", "basis")
+    rows = resume.kill_cost(n=3_000, every=0.2, fractions=(0.7,))
+    assert len(rows) == 1 and rows[0]["killed_s"] < rows[0]["whole_s"]
+    assert np.isclose(rows[0]["lost_s"], rows[0]["killed_s"] + rows[0]["resumed_s"] - rows[0]["whole_s"])

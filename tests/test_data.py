@@ -27,6 +27,7 @@ from dirscope.data import (
     load_data,
     python,
 )
+from dirscope.data.base import to_display_images
 from dirscope.data.builtin import image_hashes, split_digest
 from dirscope.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_pair
 from dirscope.errors import DirscopeError
@@ -741,3 +742,47 @@ def test_real_fashion_mnist_sizes_and_checksums(monkeypatch):
     test, train = DATA.build("fashion-mnist"), DATA.build("fashion-mnist:train")
     assert (test.size, train.size) == (10_000, 60_000)
     assert np.bincount(test.labels_at(np.arange(10_000))).tolist() == [1_000] * 10
+
+
+def reference_display_image(a: np.ndarray) -> np.ndarray | None:
+    """One image at a time, written plainly: the rule that the batched conversion must reproduce."""
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        a = a.astype(np.float32)
+        lo, hi = (float(f(a)) if not np.isnan(a).all() else np.nan for f in (np.nanmin, np.nanmax))
+        if lo >= 0.0 and hi <= 1.0:
+            a = np.round(a * 255.0)
+        elif hi > lo:
+            a = np.round((a - lo) / (hi - lo) * 255.0)
+        else:
+            a = np.zeros_like(a)
+        a = np.nan_to_num(a).clip(0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return a if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3) else None
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (1, 6, 5), (3, 6, 5), (6, 5, 3), (12,), (2, 6, 5)])
+def test_batched_display_images_equal_one_at_a_time(shape):
+    rng = np.random.default_rng(len(shape))
+    stack = rng.normal(size=(9, *shape)).astype(np.float32) * 3
+    stack[1] = rng.random(shape)  # already in [0, 1]: scaled by 255, not stretched
+    stack[2] = 4.0  # constant: zeros
+    stack[3].flat[0] = np.nan  # NaN pixels become 0, the rest scale by the finite range
+    stack[4] = np.nan
+    stack[5] *= 1e-30  # a tiny range
+    stack[6] = np.float32(1e30) * rng.random(shape)
+    want = [reference_display_image(a) for a in stack]
+    got = to_display_images(stack)
+    if want[0] is None:
+        assert got is None
+        return
+    assert got is not None and len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(to_display_images(stack.astype(np.float64))[0], want[0])
+    as_uint8 = (rng.random((4, *shape)) * 255).astype(np.uint8)
+    for g, a in zip(to_display_images(as_uint8), as_uint8, strict=True):
+        np.testing.assert_array_equal(g, reference_display_image(a))

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from ..errors import DirscopeError
-from .base import Batch, DataSource, to_display_image
+from .base import Batch, DataSource, to_display_images
 
 ACCEPTED_DTYPES = "uint8 (scaled to [0,1]) or float16/float32/float64 (fed to the model as float32)"
+_DISPLAY_CHUNK = 256  # example images converted at once: bounded memory, and numpy works per call, not per image
 
 
 def input_array(a: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
@@ -130,12 +131,13 @@ class ArraySource(DataSource):
         return None if self.y is None else self.y[np.asarray(indices, dtype=np.int64)]
 
     def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None:
-        images = []
-        for i in np.asarray(indices, dtype=np.int64):
-            img = to_display_image(self.display[i])
-            if img is None:
+        rows = np.asarray(indices, dtype=np.int64)
+        images: list[np.ndarray] = []
+        for start in range(0, rows.size, _DISPLAY_CHUNK):
+            chunk = to_display_images(np.asarray(self.display[rows[start : start + _DISPLAY_CHUNK]]))
+            if chunk is None:
                 return None
-            images.append(img)
+            images += chunk
         return images
 
     def describe(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,22 +69,32 @@ def to_display_image(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
     by 255; other ranges are min-max scaled per image, because normalised inputs have no fixed range.
     """
     a = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.dtype == np.uint8:
-        img = a
+    images = to_display_images(a[None])
+    return None if images is None else images[0]
+
+
+def to_display_images(stack: np.ndarray) -> list[np.ndarray] | None:
+    """``to_display_image`` of every row of ``stack`` [n, ...] at once: thousands of examples end a run."""
+    if stack.dtype == np.uint8:
+        img = stack
     else:
-        a = a.astype(np.float32)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        if lo >= 0.0 and hi <= 1.0:
-            img = np.round(a * 255.0)
-        elif hi > lo:
-            img = np.round((a - lo) / (hi - lo) * 255.0)
-        else:
-            img = np.zeros_like(a)
+        a = stack.astype(np.float32, copy=False)
+        flat = a.reshape(len(a), -1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: scaled to zeros below
+            lo, hi = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
+        unit, spread = (lo >= 0.0) & (hi <= 1.0), hi > lo
+        # the same float32 operations, in the same order, as for one image: (a - lo) / (hi - lo) * 255
+        shift = np.where(unit, np.float32(0.0), lo)
+        span = np.where(unit | ~spread, 1.0, hi.astype(np.float64) - lo).astype(np.float32)
+        gain = np.where(unit | spread, np.float32(255.0), np.float32(0.0))  # constant images become zeros
+        shape = (len(a),) + (1,) * (a.ndim - 1)
+        img = np.round((a - shift.reshape(shape)) / span.reshape(shape) * gain.reshape(shape))
         img = np.nan_to_num(img).clip(0, 255).astype(np.uint8)
-    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-        img = np.moveaxis(img, 0, -1)
-    if img.ndim == 3 and img.shape[-1] == 1:
+    if img.ndim == 4 and img.shape[1] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 1, -1)
+    if img.ndim == 4 and img.shape[-1] == 1:
         img = img[..., 0]
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3):
-        return np.ascontiguousarray(img)
+    if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 3):
+        return [np.ascontiguousarray(one) for one in img]
     return None

@@ -231,8 +231,10 @@ def _labels_of(rows: np.ndarray, lookup: tuple[np.ndarray, np.ndarray] | None) -
 def _names(labels: pd.api.extensions.ExtensionArray, label_names: Sequence[str] | None) -> pd.Series:
     if not label_names:
         return pd.Series([pd.NA] * len(labels), dtype="string")
-    names = [label_names[v] if v is not pd.NA and 0 <= v < len(label_names) else pd.NA for v in labels]
-    return pd.Series(names, dtype="string")
+    codes = np.asarray(labels.to_numpy(dtype=np.int64, na_value=-1))
+    known = (codes >= 0) & (codes < len(label_names))
+    names = np.asarray(label_names, dtype=object)[np.where(known, codes, 0)]
+    return pd.Series(np.where(known, names, None), dtype="string")  # one vectorised lookup: K*2k rows
 
 
 def _stats_table(layer: str, dirs: DirectionSet, t: TallyResult) -> pd.DataFrame:

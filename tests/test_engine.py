@@ -346,3 +346,16 @@ def test_decoding_workers_leave_results_unchanged(tmp_path):
         for w in (0, 2)
     ]
     pd.testing.assert_frame_equal(runs[0].topk, runs[1].topk)
+
+
+def test_topk_rows_carry_their_labels_and_label_names():
+    from dirscope.data.arrays import ArraySource
+
+    x, y = tiny_data(60)
+    y[[3, 7]] = -1  # unknown labels: label and name are NA
+    names = ["zero", "one", "two"]
+    top = dirscope.run(TinyConv(), ["fc"], ArraySource(x, y, names), "basis", k=60, progress=False).topk
+    labels = y[top["index"]]
+    assert top["label"].isna().tolist() == (labels < 0).tolist()
+    want = [names[v] if v >= 0 else None for v in labels]
+    assert top["label_name"].astype(object).where(top["label_name"].notna(), None).tolist() == want

@@ -234,3 +234,37 @@ def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
 )
 def test_shards_are_contiguous_and_cut_at_batch_boundaries(start, stop, batch, count, shards):
     assert rayscan.cut_shards(start, stop, batch, count) == shards
+
+
+class SlowFirstShard:
+    """A stand-in for Ray whose first shard finishes last: every later shard must wait for it to merge."""
+
+    def __init__(self) -> None:
+        self.fetched = 0
+        self.merged: list[int] = []
+        self.most_held = 0
+
+    def remote(self, _task, start: int, stop: int) -> tuple[int, int]:
+        return (start, stop)
+
+    def wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        later = [r for r in refs if r[0] != 0]
+        ready = max(later) if later else refs[0]
+        return [ready], [r for r in refs if r != ready]
+
+    def get(self, ref: tuple[int, int]) -> tuple[int, int]:
+        self.fetched += 1
+        self.most_held = max(self.most_held, self.fetched - len(self.merged))
+        return ref
+
+
+def test_shards_waiting_for_an_earlier_one_are_bounded_and_merge_in_order(monkeypatch):
+    from dirscope.engine import _Progress
+
+    fake = SlowFirstShard()
+    monkeypatch.setattr(rayscan, "absorb", lambda _plans, _log, shard: fake.merged.append(shard[0]))
+    shards = [(i * 10, i * 10 + 10) for i in range(12)]
+    progress = _Progress(start=0, total=120, bar=False, saver=None, writer=None)
+    rayscan._run_shards(fake, fake, None, shards, 2, [], None, progress)
+    assert fake.merged == [start for start, _ in shards]
+    assert fake.most_held <= 2 * 2 - 1  # without the bound, all 11 later shards would wait in memory

@@ -184,12 +184,17 @@ def _run_shards(
     log: ScanLog,
     progress: _Progress,
 ) -> None:
-    """At most ``width`` tasks in flight (Ray's ray.wait pattern); finished shards merge in row order."""
+    """At most ``width`` tasks in flight (Ray's ray.wait pattern); finished shards merge in row order.
+
+    A shard that finishes before an earlier one waits in the driver's memory. No new task starts while
+    ``width`` such shards wait, so the driver holds at most 2 x width states however slow one shard is.
+    The next shard to merge was submitted before all later ones, so it is always in flight: no deadlock.
+    """
     todo, pending, finished, merged = list(enumerate(shards))[::-1], {}, {}, 0
     bar = tqdm(total=progress.total, initial=progress.start, unit="img", unit_scale=True, disable=not progress.bar)
     with bar:
         while todo or pending:
-            while todo and len(pending) < width:
+            while todo and len(pending) < width and len(finished) < width:
                 j, (start, stop) = todo.pop()
                 pending[remote.remote(task, start, stop)] = j
             (ready,), _ = ray.wait(list(pending), num_returns=1)

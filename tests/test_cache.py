@@ -1,8 +1,12 @@
-"""The activation cache: runs from it equal runs from the model, its layout, streaming chunks, and broken caches."""
+"""The activation cache: runs from it equal runs from the model, its layout, streaming chunks, checksums,
+and broken caches."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -98,6 +102,7 @@ def test_the_cache_is_written_and_read_in_chunks(tmp_path, monkeypatch):
     for chunk in index["chunks"]:
         rows = np.load(out / "cache" / "rows" / chunk["file"])
         assert rows.shape == (chunk["rows"], 3) and rows[0, 0] == chunk["first_index"]
+    assert_checksums(out / "cache")
     pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
     pd.testing.assert_frame_equal(from_cache.stats, from_model.stats)
 
@@ -172,6 +177,7 @@ def test_a_resumed_cache_equals_an_uninterrupted_one(tmp_path):
     dirscope.run(CrashingNet(0), LAYERS, data(), "basis", **settings, out=str(tmp_path / "r"), resume=True)
     dirscope.run(Net(), LAYERS, data(), "basis", **settings, out=str(tmp_path / "w"))
     assert not stale.exists()
+    assert_checksums(tmp_path / "r" / "cache")  # chunks from before the crash keep theirs through the checkpoint
     for sub in ["rows", *LAYERS]:
         resumed, whole = (
             np.concatenate([np.load(p) for p in sorted((tmp_path / run / "cache" / sub).glob("*.npy"))])
@@ -204,6 +210,54 @@ def corrupt_incomplete(cache):
 
 def corrupt_missing(cache):
     (cache / "rows" / "000000.npy").unlink()
+
+
+def assert_checksums(cache):
+    """Every chunk file's CRC-32 in the index equals one computed independently over the file's bytes, and
+    the files stay exactly what ``np.save`` writes."""
+    index = json.loads((cache / "index.json").read_text())
+    subs = {"rows", *(layer["dir"] for layer in index["layers"])}
+    for chunk in index["chunks"]:
+        assert set(chunk["crc32"]) == subs
+        for sub in subs:
+            data = (cache / sub / chunk["file"]).read_bytes()
+            assert chunk["crc32"][sub] == zlib.crc32(data)
+            saved = io.BytesIO()
+            np.save(saved, np.load(io.BytesIO(data)))
+            assert saved.getvalue() == data
+
+
+def test_the_index_holds_each_chunk_files_checksum(cache_dir):
+    assert_checksums(cache_dir / "cache")
+
+
+@pytest.mark.parametrize("sub", ["rows", "relu", "head"])
+def test_a_flipped_byte_in_a_chunk_is_one_clear_error(cache_dir, sub):
+    path = cache_dir / "cache" / sub / "000000.npy"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit, in the data after the header: the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
+    expected = (
+        rf"activation cache {re.escape(str(cache_dir / 'cache'))} cannot be used: chunk {sub}/000000\.npy is "
+        r"damaged: its CRC-32 is [0-9a-f]{8}, the index says [0-9a-f]{8} \(changed on disk or copied partially\); "
+        r"copy that file again from where the cache was written, or write the cache again with --cache"
+    )
+    assert re.fullmatch(expected, str(err.value)), str(err.value)
+
+
+def test_a_cache_without_checksums_is_read_unverified_with_a_warning(cache_dir, capsys):
+    settings = dict(directions="random:4", k=3, from_cache=str(cache_dir), progress=False)
+    verified = dirscope.run(**settings)
+    assert "checksums" not in capsys.readouterr().err
+    index = json.loads((cache_dir / "cache" / "index.json").read_text())
+    chunks = [{key: value for key, value in chunk.items() if key != "crc32"} for chunk in index["chunks"]]
+    (cache_dir / "cache" / "index.json").write_text(json.dumps({**index, "chunks": chunks}))  # as written before
+    unverified = dirscope.run(**settings)
+    err = capsys.readouterr().err
+    assert "warning: activation cache" in err and "1 of 1 chunks carry no checksums" in err
+    pd.testing.assert_frame_equal(unverified.topk, verified.topk)
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,21 @@
 
     <out>/cache/index.json            format, model (spec, weights sha256), data (as the manifest records it),
                                       pool, dtype, batch size, limit, N, every layer's layout, every chunk
+                                      (with ``crc32``: {"rows": ..., "<layer dir>": ...}, the zlib CRC-32
+                                      of each of the chunk's files)
     <out>/cache/rows/NNNNNN.npy       int64 [n, 3]: dataset index, label (-1 unknown), batch number
     <out>/cache/<layer>/NNNNNN.npy    the layer's activations for the same n rows (float32 or float16)
 
-Chunks are plain ``.npy`` files, read back with ``np.load(mmap_mode="r")``, one chunk at a time. Each holds
-whole batches of about CHUNK_BYTES. A chunk file is written atomically and then the index is rewritten
-atomically, so the index only names complete chunks; ``complete`` turns true when the scan ends.
+Chunks are plain ``.npy`` files (exactly ``np.save``'s bytes), read back with ``np.load(mmap_mode="r")``,
+one chunk at a time. Each holds whole batches of about CHUNK_BYTES. A chunk file is written atomically and
+then the index is rewritten atomically, so the index only names complete chunks; ``complete`` turns true
+when the scan ends.
+
+Integrity: the writer takes each chunk file's CRC-32 from the bytes it writes (not read back from disk),
+and the reader checks a chunk's files against it, reading them in 1 MiB blocks, just before it memory-maps
+and uses them, so a file damaged on disk or by a partial copy is one clear error instead of wrong
+activations. The format stays ``dirscope-cache/1``: earlier dirscope versions ignore ``crc32``, and chunks
+listed without it (written by them) are read unverified, with a warning.
 
 What is stored per layer (``stored`` in the index): the projection of a spatial layer under max pooling is
 max_p <phi_p(x), v>, which pooled activations cannot give, so those layers keep every position, in the layer's
@@ -23,9 +32,11 @@ the index (or ``--data``), and goes without example images when the data cannot 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +56,7 @@ CACHE_DTYPES = ("float32", "float16")
 CHUNK_BYTES = 64 * 2**20
 _INDEX = "index.json"
 _ROWS = "rows"
+_CRC_BLOCK = 2**20  # bytes hashed at a time when a chunk is checked
 
 # One batch of activations: dataset indices, labels (or None), activations by layer.
 Step = tuple[np.ndarray, np.ndarray | None, dict[str, torch.Tensor]]
@@ -117,13 +129,13 @@ class CacheWriter:
             return
         name = f"{len(self.chunks):06d}.npy"
         rows = np.concatenate(self._rows)
-        write_with(self.folder / _ROWS / name, lambda fh: np.save(fh, rows))
+        crc = {_ROWS: save_npy(self.folder / _ROWS / name, rows)}
         for layer in self.layers:
-            block = np.concatenate(self._acts[layer["name"]])
-            write_with(self.folder / layer["dir"] / name, lambda fh, b=block: np.save(fh, b))
+            crc[layer["dir"]] = save_npy(self.folder / layer["dir"] / name, np.concatenate(self._acts[layer["name"]]))
             self._acts[layer["name"]] = []
         batches = int(rows[-1, 2] - rows[0, 2] + 1)
-        self.chunks.append({"file": name, "rows": len(rows), "first_index": int(rows[0, 0]), "batches": batches})
+        first = int(rows[0, 0])
+        self.chunks.append({"file": name, "rows": len(rows), "first_index": first, "batches": batches, "crc32": crc})
         self._rows, self._bytes = [], 0
         self._write_index(complete=False)
 
@@ -135,6 +147,27 @@ class CacheWriter:
         n = sum(int(c["rows"]) for c in self.chunks)
         index = {"format": CACHE_FORMAT, "complete": complete, **self.header, "n": n}
         write_json(self.folder / _INDEX, {**index, "layers": self.layers, "chunks": self.chunks})
+
+
+def save_npy(path: Path, array: np.ndarray) -> int:
+    """Atomically write ``array`` as ``np.save`` does and return the CRC-32 of the file's bytes, taken from
+    the header and the array's memory as they are written, so no second pass over the disk is needed. The
+    header is format 1.0, which ``np.save`` also picks for any array whose header fits in 64 KiB."""
+    array = np.ascontiguousarray(array)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(array))
+    body = memoryview(array).cast("B")
+    write_with(path, lambda fh: (fh.write(head.getvalue()), fh.write(body)))
+    return zlib.crc32(body, zlib.crc32(head.getvalue()))
+
+
+def file_crc32(path: Path) -> int:
+    """The CRC-32 of a file's bytes, read through one small buffer so that checking holds no chunk in memory."""
+    crc, buffer = 0, memoryview(bytearray(_CRC_BLOCK))
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            crc = zlib.crc32(buffer[:n], crc)
+    return crc
 
 
 def open_cache(
@@ -173,13 +206,27 @@ class CacheReader:
         if not self.index.get("complete"):
             raise self._broken("it is incomplete (its run did not finish); resume that run with --resume")
         self.layers = {layer["name"]: layer for layer in self.index["layers"]}
-        for chunk in self.index["chunks"]:
-            self._rows_of(chunk)
+        self._verified: set[tuple[str, str]] = set()  # files already checked: a fit pass and the scan read twice
+        for chunk in self.index["chunks"]:  # headers only (memory-mapped): shapes and sizes, not yet checksums
+            self._map(_ROWS, chunk, [3], "int64")
             for layer in self.layers.values():
-                self._acts_of(layer, chunk)
+                self._map(layer["dir"], chunk, layer["row_shape"], self.index["dtype"])
+        self._warn_unverified()
 
-    def _broken(self, why: str) -> DirscopeError:
-        return DirscopeError(f"activation cache {self.folder} cannot be used: {why}; write it again with --cache")
+    def _broken(self, why: str, fix: str = "write it again with --cache") -> DirscopeError:
+        return DirscopeError(f"activation cache {self.folder} cannot be used: {why}; {fix}")
+
+    def _warn_unverified(self) -> None:
+        """Say once that chunks written before checksums existed are read without a check."""
+        subs = [_ROWS] + [layer["dir"] for layer in self.layers.values()]
+        bare = sum(1 for c in self.index["chunks"] if any(sub not in c.get("crc32", {}) for sub in subs))
+        if bare:
+            print(
+                f"warning: activation cache {self.folder}: {bare} of {len(self.index['chunks'])} chunks carry no "
+                "checksums (written by an earlier dirscope) and are read unverified; write it again with --cache "
+                "to have them checked",
+                file=sys.stderr,
+            )
 
     @property
     def names(self) -> list[str]:
@@ -200,18 +247,43 @@ class CacheReader:
                     "so write the cache with --pool max"
                 )
 
-    def _load(self, sub: str, chunk: dict[str, Any], shape: list[int], dtype: str) -> np.ndarray:
-        path = self.folder / sub / chunk["file"]
+    def _map(self, sub: str, chunk: dict[str, Any], shape: list[int], dtype: str) -> np.ndarray:
+        """A chunk memory-mapped, to check its header and size when the cache is opened without reading it."""
         try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            array = np.load(self.folder / sub / chunk["file"], mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
+        return self._check(sub, chunk, array, shape, dtype)
+
+    def _check(self, sub: str, chunk: dict[str, Any], array: np.ndarray, shape: list[int], dtype: str) -> np.ndarray:
+        """The chunk's array, if it has the shape and dtype the index gives it."""
         if array.shape != (chunk["rows"], *shape) or array.dtype != np.dtype(dtype):
             raise self._broken(
                 f"chunk {sub}/{chunk['file']} holds {array.dtype} {list(array.shape)}, the index says "
                 f"{dtype} {[chunk['rows'], *shape]}"
             )
         return array
+
+    def _load(self, sub: str, chunk: dict[str, Any], shape: list[int], dtype: str) -> np.ndarray:
+        """A chunk checked against its CRC-32 (the first time this reader uses it), then memory-mapped for use.
+
+        The check reads every byte once, in blocks; the memory map then serves the pages that read just put
+        in the page cache, so the disk is still read once and no chunk is held in memory. Reading the chunk
+        whole into a fresh buffer instead measured slower (the page faults of a new 64 MiB buffer per chunk)."""
+        expected = chunk.get("crc32", {}).get(sub)
+        if expected is not None and (sub, chunk["file"]) not in self._verified:
+            try:
+                actual = file_crc32(self.folder / sub / chunk["file"])
+            except OSError as exc:
+                raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
+            if actual != expected:
+                raise self._broken(
+                    f"chunk {sub}/{chunk['file']} is damaged: its CRC-32 is {actual:08x}, the index says "
+                    f"{expected:08x} (changed on disk or copied partially)",
+                    "copy that file again from where the cache was written, or write the cache again with --cache",
+                )
+            self._verified.add((sub, chunk["file"]))
+        return self._map(sub, chunk, shape, dtype)
 
     def _rows_of(self, chunk: dict[str, Any]) -> np.ndarray:
         return self._load(_ROWS, chunk, [3], "int64")
@@ -238,12 +310,21 @@ class CacheReader:
             keep = (rows[:, 0] >= start) & (rows[:, 0] < stop)
             if indices is not None:
                 keep &= np.isin(rows[:, 0], indices)
-            arrays = {name: self._acts_of(self.layers[name], chunk) for name in names}
-            for pos in _batch_positions(np.flatnonzero(keep), rows[:, 2], batch_size):
-                acts = {name: self._as_layer(name, array[pos]) for name, array in arrays.items()}
-                yield rows[pos, 0], rows[pos, 1], acts
+            yield from self._chunk_steps(chunk, names, rows, np.flatnonzero(keep), batch_size)
             if rows[-1, 0] >= stop - 1:
                 return
+
+    def _chunk_steps(
+        self, chunk: dict[str, Any], names: Sequence[str], rows: np.ndarray, kept: np.ndarray, batch_size: int
+    ) -> Iterator[Step]:
+        """The batches of one chunk's kept rows. Its activations are checked and mapped only if a row is kept,
+        and unmapped when the chunk is done, so one chunk at a time is read."""
+        if kept.size == 0:
+            return
+        arrays = {name: self._acts_of(self.layers[name], chunk) for name in names}
+        for pos in _batch_positions(kept, rows[:, 2], batch_size):
+            acts = {name: self._as_layer(name, array[pos]) for name, array in arrays.items()}
+            yield rows[pos, 0], rows[pos, 1], acts
 
     def _as_layer(self, name: str, block: np.ndarray) -> torch.Tensor:
         """A block of cached rows shaped so that :func:`dirscope.project.project` reads it with the layer's axis."""

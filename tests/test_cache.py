@@ -61,6 +61,31 @@ def cached_run(tmp_path, pool: str, dtype: str = "float32", **kwargs):
     return out, from_cache, from_model
 
 
+class Clashing(nn.Module):
+    """Layers whose names, made file-safe, clash with the rows folder or with each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rows = nn.Linear(98, 5)
+        self.add_module("a b", nn.Linear(5, 4))
+        self.a_b = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a_b(getattr(self, "a b")(self.rows(x.flatten(1))))
+
+
+def test_layers_named_like_the_rows_folder_or_each_other_get_their_own_folders(tmp_path):
+    settings = dict(k=5, batch_size=32, progress=False, figures=False)
+    layers = ["rows", "a b", "a_b"]
+    dirscope.run(Clashing(), layers, data(), "basis", **settings, out=str(tmp_path / "c"), cache=True)
+    index = json.loads((tmp_path / "c" / "cache" / "index.json").read_text())
+    assert [layer["dir"] for layer in index["layers"]] == ["rows-2", "a_b", "a_b-2"]
+    from_cache = dirscope.run(directions="random:8", **settings, from_cache=str(tmp_path / "c"))
+    from_model = dirscope.run(Clashing(), layers, data(), "random:8", **settings)
+    pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+
+
 @pytest.mark.parametrize("pool", ["max", "mean"])
 def test_a_run_from_a_float32_cache_equals_a_run_from_the_model(tmp_path, pool):
     out, from_cache, from_model = cached_run(tmp_path, pool)

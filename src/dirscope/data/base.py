@@ -75,22 +75,7 @@ def to_display_image(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
 
 def to_display_images(stack: np.ndarray) -> list[np.ndarray] | None:
     """``to_display_image`` of every row of ``stack`` [n, ...] at once: thousands of examples end a run."""
-    if stack.dtype == np.uint8:
-        img = stack
-    else:
-        a = stack.astype(np.float32, copy=False)
-        flat = a.reshape(len(a), -1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: scaled to zeros below
-            lo, hi = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
-        unit, spread = (lo >= 0.0) & (hi <= 1.0), hi > lo
-        # the same float32 operations, in the same order, as for one image: (a - lo) / (hi - lo) * 255
-        shift = np.where(unit, np.float32(0.0), lo)
-        span = np.where(unit | ~spread, 1.0, hi.astype(np.float64) - lo).astype(np.float32)
-        gain = np.where(unit | spread, np.float32(255.0), np.float32(0.0))  # constant images become zeros
-        shape = (len(a),) + (1,) * (a.ndim - 1)
-        img = np.round((a - shift.reshape(shape)) / span.reshape(shape) * gain.reshape(shape))
-        img = np.nan_to_num(img).clip(0, 255).astype(np.uint8)
+    img = stack if stack.dtype == np.uint8 else _scaled_to_uint8(stack)
     if img.ndim == 4 and img.shape[1] in (1, 3) and img.shape[-1] not in (1, 3):
         img = np.moveaxis(img, 1, -1)
     if img.ndim == 4 and img.shape[-1] == 1:
@@ -98,3 +83,35 @@ def to_display_images(stack: np.ndarray) -> list[np.ndarray] | None:
     if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 3):
         return [np.ascontiguousarray(one) for one in img]
     return None
+
+
+def _scaled_to_uint8(stack: np.ndarray) -> np.ndarray:
+    """Per image: [0,1] times 255, any other range min-max stretched to [0,255], constant images zero.
+
+    The same float32 operations, in the same order, as for one image: (a - lo) / (hi - lo) * 255. Done in
+    place on one float32 copy; images with NaN or inf (rare) take the slower NaN-aware path.
+    """
+    a = np.array(stack, dtype=np.float32)  # a copy, written in place below
+    flat = a.reshape(len(a), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    lo = np.empty(len(a), np.float32)
+    hi = np.empty(len(a), np.float32)
+    if finite.all():
+        flat.min(axis=1, out=lo), flat.max(axis=1, out=hi)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: scaled to zeros below
+            lo[:], hi[:] = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
+    unit, spread = (lo >= 0.0) & (hi <= 1.0), hi > lo
+    shift = np.where(unit, np.float32(0.0), lo)
+    span = np.where(unit | ~spread, 1.0, hi.astype(np.float64) - lo).astype(np.float32)
+    gain = np.where(unit | spread, np.float32(255.0), np.float32(0.0))  # constant images become zeros
+    shape = (len(a),) + (1,) * (a.ndim - 1)
+    a -= shift.reshape(shape)
+    a /= span.reshape(shape)
+    a *= gain.reshape(shape)
+    np.round(a, out=a)
+    if not finite.all():
+        np.nan_to_num(a, copy=False)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)

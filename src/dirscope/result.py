@@ -222,7 +222,7 @@ def _topk_table(
 def _labels_of(rows: np.ndarray, lookup: tuple[np.ndarray, np.ndarray] | None) -> pd.arrays.IntegerArray:
     """Labels of dataset rows from (sorted indices, their labels); -1 and absent labels become NA."""
     if lookup is None:
-        return pd.array([pd.NA] * rows.size, dtype="Int64")
+        return pd.arrays.IntegerArray(np.zeros(rows.size, np.int64), np.ones(rows.size, np.bool_))  # all NA
     indices, labels = lookup
     found = np.asarray(labels, dtype=np.int64)[np.searchsorted(indices, rows)]
     return pd.arrays.IntegerArray(found, found < 0)
@@ -230,7 +230,7 @@ def _labels_of(rows: np.ndarray, lookup: tuple[np.ndarray, np.ndarray] | None) -
 
 def _names(labels: pd.api.extensions.ExtensionArray, label_names: Sequence[str] | None) -> pd.Series:
     if not label_names:
-        return pd.Series([pd.NA] * len(labels), dtype="string")
+        return pd.Series(np.full(len(labels), None, dtype=object), dtype="string")
     codes = np.asarray(labels.to_numpy(dtype=np.int64, na_value=-1))
     known = (codes >= 0) & (codes < len(label_names))
     names = np.asarray(label_names, dtype=object)[np.where(known, codes, 0)]

@@ -258,13 +258,20 @@ class SlowFirstShard:
         return ref
 
 
-def test_shards_waiting_for_an_earlier_one_are_bounded_and_merge_in_order(monkeypatch):
+def test_shards_waiting_for_an_earlier_one_are_bounded_merge_in_order_and_checkpoint_at_the_end(monkeypatch):
     from dirscope.engine import _Progress
 
     fake = SlowFirstShard()
     monkeypatch.setattr(rayscan, "absorb", lambda _plans, _log, shard: fake.merged.append(shard[0]))
     shards = [(i * 10, i * 10 + 10) for i in range(12)]
-    progress = _Progress(start=0, total=120, bar=False, saver=None, writer=None)
+    ticks = []
+
+    class Saver:
+        def tick(self, _plans, _log, next_index, _writer, force=False):
+            ticks.append((next_index, force))
+
+    progress = _Progress(start=0, total=120, bar=False, saver=Saver(), writer=None)
     rayscan._run_shards(fake, fake, None, shards, 2, [], None, progress)
     assert fake.merged == [start for start, _ in shards]
+    assert ticks == [(stop, stop == 120) for _, stop in shards]  # the last merge always checkpoints
     assert fake.most_held <= 2 * 2 - 1  # without the bound, all 11 later shards would wait in memory

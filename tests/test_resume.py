@@ -224,13 +224,32 @@ def test_resume_needs_a_checkpoint_and_a_checkpoint_needs_resume_or_overwrite(tm
         dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "n"), checkpoint_every=-1)
 
 
-def test_no_checkpoint_is_written_per_batch_by_default_or_when_disabled(tmp_path, monkeypatch):
+def test_checkpoints_follow_the_interval_plus_one_at_the_scan_end_and_none_when_disabled(tmp_path, monkeypatch):
     written = []
-    monkeypatch.setattr("dirscope.engine.save_checkpoint", lambda *a: written.append(a))
+    monkeypatch.setattr("dirscope.engine.save_checkpoint", lambda _out, meta, _arrays: written.append(meta))
     x, _ = tiny_data(60)
     for every, out in ((60.0, "a"), (0, "b")):
         dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, batch_size=4, out=str(tmp_path / out), checkpoint_every=every)
-    assert written == []
+    assert [meta["next_index"] for meta in written] == [60]  # not one per batch: only the scan's end
+
+
+def test_a_crash_while_the_results_are_written_rescans_nothing(tmp_path, monkeypatch):
+    x, y = tiny_data(60)
+    settings = dict(layers=["relu", "fc"], data=(x, y), directions="basis,random:4", k=4, batch_size=8)
+
+    def crash(*_args, **_kwargs):
+        raise Crash
+
+    monkeypatch.setattr("dirscope.rundir.write_run", crash)
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(None), **settings, out=str(tmp_path / "run"), progress=False)
+    monkeypatch.undo()
+    model = CrashAfter(None)
+    resumed = dirscope.run(model, **settings, out=str(tmp_path / "run"), resume=True, progress=False)
+    assert model.calls == 1  # the dry forward for the layer shapes, and no batch
+    whole = dirscope.run(CrashAfter(None), **settings, progress=False)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+    pd.testing.assert_frame_equal(resumed.stats, whole.stats)
 
 
 def test_checkpoint_switches_atomically_and_a_broken_one_is_one_clear_error(tmp_path):

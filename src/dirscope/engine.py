@@ -416,6 +416,7 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
     )
     precision = AUTOCASTS[config.autocast]
     autocast = torch.autocast(torch.device(config.device).type, precision, enabled=precision is not None)
+    next_index = None
     with bar, torch.inference_mode(), autocast:
         for idx, y, acts in feed.stream(config.batch_size, start=progress.start, limit=config.limit):
             log.add(idx, y)
@@ -424,8 +425,11 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
             for plan in plans:
                 _fold(plan, acts[plan.name], idx, config.pool)
             bar.update(idx.size)
+            next_index = int(idx[-1]) + 1
             if progress.saver is not None:
-                progress.saver.tick(plans, log, int(idx[-1]) + 1, progress.writer)
+                progress.saver.tick(plans, log, next_index, progress.writer)
+    if progress.saver is not None and next_index is not None:
+        progress.saver.tick(plans, log, next_index, progress.writer, force=True)
 
 
 def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:
@@ -466,8 +470,12 @@ class _Saver:
         self.out, self.every, self.fingerprint = out, every, fingerprint
         self.last = time.monotonic()
 
-    def tick(self, plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None) -> None:
-        if time.monotonic() - self.last < self.every:
+    def tick(
+        self, plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None, force: bool = False
+    ) -> None:
+        """Checkpoint if ``every`` seconds have passed, or now with ``force`` (the scan's end: a kill while the
+        results are written then rescans nothing)."""
+        if not force and time.monotonic() - self.last < self.every:
             return
         if writer is not None:
             writer.flush()  # the checkpoint names only chunks on disk

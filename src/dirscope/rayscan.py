@@ -204,7 +204,7 @@ def _run_shards(
                 absorb(plans, log, finished.pop(merged))
                 bar.update(shards[merged][1] - shards[merged][0])
                 if progress.saver is not None:
-                    progress.saver.tick(plans, log, shards[merged][1], None)
+                    progress.saver.tick(plans, log, shards[merged][1], None, force=merged == len(shards) - 1)
                 merged += 1
 
 

@@ -37,6 +37,6 @@ def test_alternatives_subtract_the_gemm_of_the_same_race():
 
 def test_kill_cost_resumes_a_killed_cli_run(tmp_path, monkeypatch):
     monkeypatch.setattr(resume, "DIRECTIONS", "basis")
-    rows = resume.kill_cost(n=3_000, every=0.2, fractions=(0.7,))
+    rows = resume.kill_cost(n=3_000, every=0.2, fractions=(0.7,), repeats=1)
     assert len(rows) == 1 and rows[0]["killed_s"] < rows[0]["whole_s"]
     assert np.isclose(rows[0]["lost_s"], rows[0]["killed_s"] + rows[0]["resumed_s"] - rows[0]["whole_s"])

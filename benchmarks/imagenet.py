@@ -8,15 +8,14 @@ run (hooks, projections, tallies, null sample) at the penultimate layer, so both
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 import dirscope
+from benchmarks.engine import race
 from dirscope.data import load_data
 from dirscope.data.photos import PHOTOS, load_photo, photo_crops
 from dirscope.models import load_model
@@ -63,15 +62,7 @@ def compare(
             "forward": lambda: bare_forward(folder, loaded, workers, batch),
             "dirscope": lambda: dirscope_run(folder, loaded, workers, batch, directions),
         }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for fn in contenders.values():  # warm-up: kernels, page cache
-            fn()
-        for _ in range(rounds):
-            for name, fn in contenders.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    med = {name: statistics.median(t) for name, t in times.items()}
+        med = race(contenders, rounds)  # warm-up included: kernels, page cache
     return {
         "images": n,
         "workers": workers,

@@ -11,14 +11,12 @@ both are tiny.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import torch
 from torch import nn
 
 import dirscope
+from benchmarks.engine import race
 from dirscope.data import load_data
 from dirscope.models import load_model
 
@@ -79,15 +77,7 @@ def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions
         "forward": lambda: bare_forward(module, images, batch),
         "dirscope": lambda: dirscope_run(model, layer, images, batch, directions),
     }
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for fn in contenders.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = race(contenders, rounds)
     n = images.shape[0]
     return {
         "images": n,

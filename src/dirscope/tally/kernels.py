@@ -183,27 +183,25 @@ def _update_extremes(row, indices, filled, tv, ti, bv, bi):  # pragma: no cover 
     """Insert the values of ``row`` that enter the top-k (``tv``) or bottom-k (``bv``) lists, in row order."""
     k = tv.shape[0]
     n_rows = row.shape[0]
-    f_top = filled
-    f_bot = filled
-    top_thr = tv[k - 1] if f_top == k else _NEG_INF32
-    bot_thr = bv[k - 1] if f_bot == k else _POS_INF32
+    # Both lists fill in step (every value enters both until they hold k), so one count serves both.
+    top_thr = tv[k - 1] if filled == k else _NEG_INF32
+    bot_thr = bv[k - 1] if filled == k else _POS_INF32
     for start in range(0, n_rows, _CHUNK):
         stop = min(start + _CHUNK, n_rows)
         hits = 0
         for b in range(start, stop):
             hits += (row[b] > top_thr) | (row[b] < bot_thr)
-        if hits == 0 and f_top == k and f_bot == k:
+        if hits == 0 and filled == k:
             continue
         for b in range(start, stop):
             v = row[b]
-            if v > top_thr or f_top < k:
-                _insert_desc(tv, ti, f_top, v, indices[b])
-                f_top = min(f_top + 1, k)
-                top_thr = tv[k - 1] if f_top == k else _NEG_INF32
-            if v < bot_thr or f_bot < k:
-                _insert_asc(bv, bi, f_bot, v, indices[b])
-                f_bot = min(f_bot + 1, k)
-                bot_thr = bv[k - 1] if f_bot == k else _POS_INF32
+            if v > top_thr or filled < k:
+                _insert_desc(tv, ti, filled, v, indices[b])
+            if v < bot_thr or filled < k:
+                _insert_asc(bv, bi, filled, v, indices[b])
+            filled = min(filled + 1, k)
+            top_thr = tv[k - 1] if filled == k else _NEG_INF32
+            bot_thr = bv[k - 1] if filled == k else _POS_INF32
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)

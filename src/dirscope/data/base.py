@@ -93,10 +93,10 @@ def _scaled_to_uint8(stack: np.ndarray) -> np.ndarray:
     """
     a = np.array(stack, dtype=np.float32)  # a copy, written in place below
     flat = a.reshape(len(a), -1)
-    finite = np.isfinite(flat).all(axis=1)
+    all_finite = bool(np.isfinite(flat).all())
     lo = np.empty(len(a), np.float32)
     hi = np.empty(len(a), np.float32)
-    if finite.all():
+    if all_finite:
         flat.min(axis=1, out=lo), flat.max(axis=1, out=hi)
     else:
         with warnings.catch_warnings():
@@ -111,7 +111,7 @@ def _scaled_to_uint8(stack: np.ndarray) -> np.ndarray:
     a /= span.reshape(shape)
     a *= gain.reshape(shape)
     np.round(a, out=a)
-    if not finite.all():
+    if not all_finite:
         np.nan_to_num(a, copy=False)
     np.clip(a, 0, 255, out=a)
     return a.astype(np.uint8)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from ..errors import DirscopeError
 from .arrays import ArraySource, index_chunks, indexed_from, input_array, integer_labels, to_tensor
-from .base import Batch, DataSource, to_display_image
+from .base import Batch, DataSource, to_display_image, to_display_images
 from .folder import check_workers
 from .registry import DATA, Preprocess
 
@@ -281,7 +281,12 @@ class IterableSource(DataSource):
         if self.one_shot:
             return None
         found, rows, inverse = self._lookup(indices)
-        by_row = {int(i): to_display_image(x) for b in found for i, x in zip(b.indices, b.x, strict=True)}
+        by_row = {}
+        for b in found:
+            shown = to_display_images(b.x.detach().cpu().float().numpy())
+            if shown is None:
+                return None
+            by_row.update(zip(b.indices.tolist(), shown, strict=True))
         images = [by_row.get(int(rows[j])) for j in inverse]
         return None if any(img is None for img in images) else images  # type: ignore[return-value]
 

@@ -786,3 +786,27 @@ def test_batched_display_images_equal_one_at_a_time(shape):
     as_uint8 = (rng.random((4, *shape)) * 255).astype(np.uint8)
     for g, a in zip(to_display_images(as_uint8), as_uint8, strict=True):
         np.testing.assert_array_equal(g, reference_display_image(a))
+
+
+def test_display_images_overwrite_uses_the_stack_as_scratch_and_gives_the_same_images():
+    stack = np.random.default_rng(0).normal(size=(5, 3, 6, 5)).astype(np.float32)
+    kept = stack.copy()
+    want = to_display_images(stack)
+    np.testing.assert_array_equal(stack, kept)  # without overwrite the caller's array is untouched
+    got = to_display_images(stack, overwrite=True)
+    for g, w in zip(got, want, strict=True):
+        assert g.flags.c_contiguous and g.shape == (6, 5, 3)
+        np.testing.assert_array_equal(g, w)
+
+
+def test_array_images_at_converts_in_chunks_with_the_same_images_in_the_asked_order(monkeypatch):
+    import dirscope.data.arrays as arrays
+
+    x = np.random.default_rng(1).normal(size=(7, 3, 4, 4)).astype(np.float32)
+    monkeypatch.setattr(arrays, "_DISPLAY_CHUNK_BYTES", 2 * x[0].nbytes)  # chunks of two rows
+    rows = np.array([6, 0, 3, 3, 5])
+    got = ArraySource(x).images_at(rows)
+    assert len(got) == len(rows)
+    for g, r in zip(got, rows, strict=True):
+        np.testing.assert_array_equal(g, reference_display_image(x[r]))
+    np.testing.assert_array_equal(x, np.random.default_rng(1).normal(size=(7, 3, 4, 4)).astype(np.float32))

@@ -11,7 +11,9 @@ from ..errors import DirscopeError
 from .base import Batch, DataSource, to_display_images
 
 ACCEPTED_DTYPES = "uint8 (scaled to [0,1]) or float16/float32/float64 (fed to the model as float32)"
-_DISPLAY_CHUNK = 256  # example images converted at once: bounded memory, and numpy works per call, not per image
+# Bytes of example images converted at once: numpy works per call, not per image, and a chunk this small
+# reuses the allocator's memory instead of faulting in fresh pages for every copy.
+_DISPLAY_CHUNK_BYTES = 8 << 20
 
 
 def input_array(a: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
@@ -132,9 +134,10 @@ class ArraySource(DataSource):
 
     def images_at(self, indices: np.ndarray) -> list[np.ndarray] | None:
         rows = np.asarray(indices, dtype=np.int64)
+        step = max(1, _DISPLAY_CHUNK_BYTES // max(1, self.display[:1].nbytes))
         images: list[np.ndarray] = []
-        for start in range(0, rows.size, _DISPLAY_CHUNK):
-            chunk = to_display_images(np.asarray(self.display[rows[start : start + _DISPLAY_CHUNK]]))
+        for start in range(0, rows.size, step):
+            chunk = to_display_images(np.asarray(self.display[rows[start : start + step]]), overwrite=True)
             if chunk is None:
                 return None
             images += chunk

@@ -73,11 +73,14 @@ def to_display_image(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
     return None if images is None else images[0]
 
 
-def to_display_images(stack: np.ndarray) -> list[np.ndarray] | None:
-    """``to_display_image`` of every row of ``stack`` [n, ...] at once: thousands of examples end a run."""
-    img = stack if stack.dtype == np.uint8 else _scaled_to_uint8(stack)
+def to_display_images(stack: np.ndarray, overwrite: bool = False) -> list[np.ndarray] | None:
+    """``to_display_image`` of every row of ``stack`` [n, ...] at once: thousands of examples end a run.
+
+    ``overwrite=True`` lets a float32 ``stack`` serve as the scratch space, saving a copy.
+    """
+    img = stack if stack.dtype == np.uint8 else _scaled_to_uint8(stack, overwrite)
     if img.ndim == 4 and img.shape[1] in (1, 3) and img.shape[-1] not in (1, 3):
-        img = np.moveaxis(img, 1, -1)
+        img = np.ascontiguousarray(np.moveaxis(img, 1, -1))  # one transposing copy; each row is then contiguous
     if img.ndim == 4 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 3):
@@ -85,13 +88,14 @@ def to_display_images(stack: np.ndarray) -> list[np.ndarray] | None:
     return None
 
 
-def _scaled_to_uint8(stack: np.ndarray) -> np.ndarray:
+def _scaled_to_uint8(stack: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Per image: [0,1] times 255, any other range min-max stretched to [0,255], constant images zero.
 
     The same float32 operations, in the same order, as for one image: (a - lo) / (hi - lo) * 255. Done in
-    place on one float32 copy; images with NaN or inf (rare) take the slower NaN-aware path.
+    place on one float32 copy (or on ``stack`` itself when ``overwrite``); images with NaN or inf (rare) take
+    the slower NaN-aware path.
     """
-    a = np.array(stack, dtype=np.float32)  # a copy, written in place below
+    a = np.asarray(stack, dtype=np.float32) if overwrite else np.array(stack, dtype=np.float32)  # written in place
     flat = a.reshape(len(a), -1)
     all_finite = bool(np.isfinite(flat).all())
     lo = np.empty(len(a), np.float32)

@@ -2,7 +2,8 @@
 
 Each direction (a row of the [K, B] projection block) is handled by one thread from start to end, in
 row order, so results do not depend on the number of threads. Candidates that cannot enter the current
-top-k or bottom-k are rejected by one comparison with the current k-th value, before any sort.
+top-k or bottom-k are rejected a chunk at a time, by comparing the chunk's max and min with the current
+k-th values, before any insertion.
 """
 
 from __future__ import annotations
@@ -49,18 +50,36 @@ def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
     return _pebay_merge_jit(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
 
 
-@nb.njit(fastmath={"nnan", "nsz"}, cache=True)
-def _min_max(row):  # pragma: no cover - jit
-    """Smallest and largest value of a finite row, as float64.
+# Rows are scanned in chunks of _CHUNK values. Each chunk's min and max, taken in one vectorised pass, give
+# the row's range (for the histogram) and tell which chunks hold a value that beats the current k-th value
+# of either list: only those (rare once the lists are full) take the scalar insertion loop.
+_CHUNK = 64
+_NEG_INF32 = np.float32(-np.inf)  # float32 thresholds compare at the rows' own width
+_POS_INF32 = np.float32(np.inf)
 
-    Its own pass with its own flags: a min/max reduction vectorises only when NaN can be ignored, which
+
+@nb.njit(fastmath={"nnan", "nsz"}, cache=True)
+def _chunk_min_max(row, cmin, cmax):  # pragma: no cover - jit
+    """Fill ``cmin``/``cmax`` with each chunk's extremes of a finite row; return the row's, as float64.
+
+    Its own function with its own flags: a min/max reduction vectorises only when NaN can be ignored, which
     holds here because the caller has already rejected rows whose sums are not finite.
     """
-    lo = row[0]
-    hi = row[0]
-    for b in range(1, row.shape[0]):
-        lo = min(lo, row[b])
-        hi = max(hi, row[b])
+    n_rows = row.shape[0]
+    for j in range(cmin.shape[0]):
+        start = j * _CHUNK
+        lo = row[start]
+        hi = row[start]
+        for b in range(start + 1, min(start + _CHUNK, n_rows)):
+            lo = min(lo, row[b])
+            hi = max(hi, row[b])
+        cmin[j] = lo
+        cmax[j] = hi
+    lo = cmin[0]
+    hi = cmax[0]
+    for j in range(1, cmin.shape[0]):
+        lo = min(lo, cmin[j])
+        hi = max(hi, cmax[j])
     return np.float64(lo), np.float64(hi)
 
 
@@ -153,7 +172,9 @@ def update_kernel(
             bm3,
             max(bm4, 0.0),
         )
-        lo, hi = _min_max(row)
+        cmin = np.empty((n_rows + _CHUNK - 1) // _CHUNK, row.dtype)
+        cmax = np.empty_like(cmin)
+        lo, hi = _chunk_min_max(row, cmin, cmax)
         zeros[c] += z
         vmin[c] = min(vmin[c], lo)
         vmax[c] = max(vmax[c], hi)
@@ -168,32 +189,23 @@ def update_kernel(
         else:
             needs_rebin[c] = True
 
-        _update_extremes(row, indices, filled, top_v[c], top_i[c], bot_v[c], bot_i[c])
-
-
-# Rows are scanned in chunks: one branch-free pass asks whether any value of the chunk beats either
-# threshold, and only such chunks (rare once the lists are full) take the scalar insertion loop.
-_CHUNK = 64
-_NEG_INF32 = np.float32(-np.inf)  # float32 thresholds keep the filter pass at float32 vector width
-_POS_INF32 = np.float32(np.inf)
+        _update_extremes(row, indices, filled, top_v[c], top_i[c], bot_v[c], bot_i[c], cmin, cmax)
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _update_extremes(row, indices, filled, tv, ti, bv, bi):  # pragma: no cover - jit
-    """Insert the values of ``row`` that enter the top-k (``tv``) or bottom-k (``bv``) lists, in row order."""
+def _update_extremes(row, indices, filled, tv, ti, bv, bi, cmin, cmax):  # pragma: no cover - jit
+    """Insert the values of ``row`` that enter the top-k (``tv``) or bottom-k (``bv``) lists, in row order;
+    ``cmin``/``cmax`` (each chunk's extremes) let chunks with no such value be skipped unread."""
     k = tv.shape[0]
     n_rows = row.shape[0]
     # Both lists fill in step (every value enters both until they hold k), so one count serves both.
     top_thr = tv[k - 1] if filled == k else _NEG_INF32
     bot_thr = bv[k - 1] if filled == k else _POS_INF32
-    for start in range(0, n_rows, _CHUNK):
-        stop = min(start + _CHUNK, n_rows)
-        hits = 0
-        for b in range(start, stop):
-            hits += (row[b] > top_thr) | (row[b] < bot_thr)
-        if hits == 0 and filled == k:
+    for j in range(cmin.shape[0]):
+        if filled == k and cmax[j] <= top_thr and cmin[j] >= bot_thr:
             continue
-        for b in range(start, stop):
+        start = j * _CHUNK
+        for b in range(start, min(start + _CHUNK, n_rows)):
             v = row[b]
             if v > top_thr or filled < k:
                 _insert_desc(tv, ti, filled, v, indices[b])

@@ -351,3 +351,50 @@ def test_cli_run_from_cache_rereads_images_from_the_data_spec(tmp_path, monkeypa
     assert code == 2 and err.startswith("error: give a model (--model) or an activation cache (--from-cache")
     code, out, _ = run_cli("run --help", capsys)
     assert "--from-cache RUN_OR_CACHE_DIR" in out and "--checkpoint-every SECONDS" in out
+
+
+@pytest.fixture
+def chunked_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr("dirscope.cache.CHUNK_BYTES", 40_000)
+    out = tmp_path / "chunked"
+    dirscope.run(Net().eval(), LAYERS, data(), "basis", k=3, batch_size=32, out=str(out), cache=True, progress=False)
+    return out
+
+
+def test_later_chunks_are_checked_in_the_background_and_a_stopped_read_leaves_no_check_behind(
+    chunked_cache, monkeypatch
+):
+    import threading
+
+    from dirscope import cache as cache_module
+
+    checked = []
+    plain = cache_module.file_crc32
+
+    def recording(path):
+        checked.append((path.parent.name, path.name, threading.current_thread().name))
+        return plain(path)
+
+    monkeypatch.setattr(cache_module, "file_crc32", recording)
+    reader = cache_module.CacheReader(chunked_cache)
+    assert len(reader.index["chunks"]) > 3
+    first_rows = reader.index["chunks"][0]["rows"]
+    assert sum(len(idx) for idx, _, _ in reader.stream(["relu"], 32, limit=first_rows)) == first_rows
+    assert {name for _, name, _ in checked} == {"000000.npy"} and not reader._pending  # no check of chunk 1
+    checked.clear()
+    assert sum(len(idx) for idx, _, _ in reader.stream(["relu"], 32)) == 300
+    later = {(sub, name) for sub, name, thread in checked if thread.startswith("dirscope-crc")}
+    files = [c["file"] for c in reader.index["chunks"]]
+    assert later == {(sub, name) for name in files[1:] for sub in ("rows", "relu")}  # "head" is not read
+    assert not reader._pending
+
+
+def test_a_damaged_chunk_checked_in_the_background_is_the_same_clear_error(chunked_cache):
+    index = json.loads((chunked_cache / "cache" / "index.json").read_text())
+    name = index["chunks"][2]["file"]
+    path = chunked_cache / "cache" / "relu" / name
+    data_bytes = bytearray(path.read_bytes())
+    data_bytes[-5] ^= 0x01
+    path.write_bytes(bytes(data_bytes))
+    with pytest.raises(DirscopeError, match=rf"chunk relu/{name} is damaged: its CRC-32 is"):
+        dirscope.run(directions="random:2", k=2, from_cache=str(chunked_cache), progress=False)

@@ -13,10 +13,12 @@ then the index is rewritten atomically, so the index only names complete chunks;
 when the scan ends.
 
 Integrity: the writer takes each chunk file's CRC-32 from the bytes it writes (not read back from disk),
-and the reader checks a chunk's files against it, reading them in 1 MiB blocks, just before it memory-maps
-and uses them, so a file damaged on disk or by a partial copy is one clear error instead of wrong
-activations. The format stays ``dirscope-cache/1``: earlier dirscope versions ignore ``crc32``, and chunks
-listed without it (written by them) are read unverified, with a warning.
+and the reader checks a chunk's files against it, reading them in 1 MiB blocks, before it memory-maps and
+uses them, so a file damaged on disk or by a partial copy is one clear error instead of wrong activations.
+While one chunk is used, a background thread checks the next one's files (zlib and file reads release the
+GIL), so the check overlaps the projections and its read fills the page cache ahead of the memory map.
+The format stays ``dirscope-cache/1``: earlier dirscope versions ignore ``crc32``, and chunks listed without
+it (written by them) are read unverified, with a warning.
 
 What is stored per layer (``stored`` in the index): the projection of a spatial layer under max pooling is
 max_p <phi_p(x), v>, which pooled activations cannot give, so those layers keep every position, in the layer's
@@ -38,6 +40,7 @@ import shutil
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +226,7 @@ class CacheReader:
             raise self._broken("it is incomplete (its run did not finish); resume that run with --resume")
         self.layers = {layer["name"]: layer for layer in self.index["layers"]}
         self._verified: set[tuple[str, str]] = set()  # files already checked: a fit pass and the scan read twice
+        self._pending: dict[tuple[str, str], Future[int]] = {}  # CRC-32s being taken in the background
         for chunk in self.index["chunks"]:  # headers only (memory-mapped): shapes and sizes, not yet checksums
             self._map(_ROWS, chunk, [3], "int64")
             for layer in self.layers.values():
@@ -286,20 +290,34 @@ class CacheReader:
         The check reads every byte once, in blocks; the memory map then serves the pages that read just put
         in the page cache, so the disk is still read once and no chunk is held in memory. Reading the chunk
         whole into a fresh buffer instead measured slower (the page faults of a new 64 MiB buffer per chunk)."""
-        expected = chunk.get("crc32", {}).get(sub)
-        if expected is not None and (sub, chunk["file"]) not in self._verified:
-            try:
-                actual = file_crc32(self.folder / sub / chunk["file"])
-            except OSError as exc:
-                raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
-            if actual != expected:
-                raise self._broken(
-                    f"chunk {sub}/{chunk['file']} is damaged: its CRC-32 is {actual:08x}, the index says "
-                    f"{expected:08x} (changed on disk or copied partially)",
-                    "copy that file again from where the cache was written, or write the cache again with --cache",
-                )
-            self._verified.add((sub, chunk["file"]))
+        self._verify(sub, chunk)
         return self._map(sub, chunk, shape, dtype)
+
+    def _verify(self, sub: str, chunk: dict[str, Any]) -> None:
+        """Compare a chunk file's CRC-32 (taken in the background by ``_check_ahead``, else now) with the index."""
+        expected = chunk.get("crc32", {}).get(sub)
+        key = (sub, chunk["file"])
+        if expected is None or key in self._verified:
+            return
+        pending = self._pending.pop(key, None)
+        try:
+            actual = pending.result() if pending is not None else file_crc32(self.folder / sub / chunk["file"])
+        except OSError as exc:
+            raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
+        if actual != expected:
+            raise self._broken(
+                f"chunk {sub}/{chunk['file']} is damaged: its CRC-32 is {actual:08x}, the index says "
+                f"{expected:08x} (changed on disk or copied partially)",
+                "copy that file again from where the cache was written, or write the cache again with --cache",
+            )
+        self._verified.add(key)
+
+    def _check_ahead(self, pool: ThreadPoolExecutor, chunk: dict[str, Any], names: Sequence[str]) -> None:
+        """Start taking the CRC-32s of a chunk's files (rows and ``names``) that are still unchecked."""
+        for sub in [_ROWS] + [self.layers[name]["dir"] for name in names]:
+            key = (sub, chunk["file"])
+            if sub in chunk.get("crc32", {}) and key not in self._verified and key not in self._pending:
+                self._pending[key] = pool.submit(file_crc32, self.folder / sub / chunk["file"])
 
     def _rows_of(self, chunk: dict[str, Any]) -> np.ndarray:
         return self._load(_ROWS, chunk, [3], "int64")
@@ -319,16 +337,24 @@ class CacheReader:
         """Batches of cached rows with index >= ``start`` (and < ``limit``, and in ``indices`` if given),
         cut where the writing run's batches were cut and at most ``batch_size`` long."""
         stop = limit if limit is not None else np.iinfo(np.int64).max
-        for chunk in self.index["chunks"]:
-            rows = np.asarray(self._rows_of(chunk))
-            if rows[-1, 0] < start:
-                continue
-            keep = (rows[:, 0] >= start) & (rows[:, 0] < stop)
-            if indices is not None:
-                keep &= np.isin(rows[:, 0], indices)
-            yield from self._chunk_steps(chunk, names, rows, np.flatnonzero(keep), batch_size)
-            if rows[-1, 0] >= stop - 1:
-                return
+        chunks = self.index["chunks"]
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dirscope-crc")
+        try:
+            for i, chunk in enumerate(chunks):
+                rows = np.asarray(self._rows_of(chunk))
+                if rows[-1, 0] < start:
+                    continue
+                if i + 1 < len(chunks) and rows[-1, 0] < stop - 1:
+                    self._check_ahead(pool, chunks[i + 1], names)
+                keep = (rows[:, 0] >= start) & (rows[:, 0] < stop)
+                if indices is not None:
+                    keep &= np.isin(rows[:, 0], indices)
+                yield from self._chunk_steps(chunk, names, rows, np.flatnonzero(keep), batch_size)
+                if rows[-1, 0] >= stop - 1:
+                    return
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()  # checks cut short by an early stop are taken again when next needed
 
     def _chunk_steps(
         self, chunk: dict[str, Any], names: Sequence[str], rows: np.ndarray, kept: np.ndarray, batch_size: int

@@ -16,9 +16,18 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 CONFIDENCE = 0.95
-"""Level of the bootstrap interval; fixed so that every table and conclusion reads "95% CI"."""
+"""Level of the bootstrap interval; fixed so that every table and conclusion reads "95% CI".
+
+Intervals are Hesterberg's *expanded* percentile bootstrap ("What teachers should know about the bootstrap",
+The American Statistician 69(4), 2015). The plain percentile interval is too narrow for small groups (it
+uses the plug-in variance and normal quantiles): about 91% coverage at n = 10. So its tails move from 2.5%
+to the alpha'/2 at which a normal quantile, widened by the plug-in variance ratio, equals Student's t
+quantile (Welch-Satterthwaite degrees of freedom for a difference of two means). It keeps the percentile
+interval's robustness to ties and skew; a bootstrap-t interval can be infinite on tied scores.
+"""
 
 _CHUNK_ELEMENTS = 1 << 22  # resampling works in blocks of at most this many values (32 MiB of float64)
 _TIE_RTOL = 1e-9  # permuted differences this close (relative to the data's scale) to the observed one are ties
@@ -30,9 +39,9 @@ class Comparison:
 
     ``effect`` is ``mean_a - mean_b`` in the metric's own units, never flipped: ``higher_is_better`` only
     decides whether a positive effect reads as "more coherent". ``ci_low``/``ci_high`` bound the effect
-    (percentile bootstrap, 95%), ``p_value`` is a two-sided permutation test of the difference of means, and
-    ``cliffs_delta`` = P(a > b) - P(a < b) is a scale-free effect size in [-1, 1]. Anything that cannot be
-    computed is NaN, and ``note`` says why (it also reports dropped NaN/inf scores).
+    (expanded percentile bootstrap, 95%: see CONFIDENCE), ``p_value`` is a two-sided permutation test of the
+    difference of means, and ``cliffs_delta`` = P(a > b) - P(a < b) is a scale-free effect size in [-1, 1].
+    Anything that cannot be computed is NaN, and ``note`` says why (it also reports dropped NaN/inf scores).
     """
 
     effect: float
@@ -119,26 +128,40 @@ def _bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np
 
 
 def mean_ci(values: ArrayLike, *, rng: np.random.Generator, n_boot: int = 2000) -> tuple[float, float, float]:
-    """Mean of the finite values with its percentile bootstrap 95% CI (NaNs when fewer than 2 values)."""
+    """Mean of the finite values with its expanded percentile bootstrap 95% CI (NaNs when fewer than 2 values)."""
     x, _ = _finite(values, "values")
     if x.size < 2:
         return _mean(x), math.nan, math.nan
-    tail = (1.0 - CONFIDENCE) / 2.0
+    tail = _expanded_tail([x])
     low, high = np.quantile(_bootstrap_means(x, n_boot, rng), [tail, 1.0 - tail])
     return _mean(x), float(low), float(high)
 
 
 def _bootstrap_ci(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(x) - mean(y), resampling each group on its own.
+    """Expanded percentile bootstrap interval of mean(x) - mean(y), resampling each group on its own.
 
-    Groups are resampled separately because the families are independent samples of directions. The
-    percentile interval is narrow for small groups: about 91% coverage at n = 10 per group for normal
-    scores, 88-90% for skewed ones; from about 50 per group it is close to 95%.
+    Groups are resampled separately because the families are independent samples of directions.
     """
     diffs = _bootstrap_means(x, n_boot, rng) - _bootstrap_means(y, n_boot, rng)
-    tail = (1.0 - CONFIDENCE) / 2.0
+    tail = _expanded_tail([x, y])
     low, high = np.quantile(diffs, [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+def _expanded_tail(samples: list[np.ndarray]) -> float:
+    """The bootstrap quantile (lower tail) that gives a 95% interval for the mean, or sum of +/- means, of
+    ``samples``: Phi(-r * t), with r the ratio of the unbiased to the plug-in standard error and t Student's
+    quantile at the Welch-Satterthwaite degrees of freedom (n - 1 for one sample). Constant samples, whose
+    bootstrap distribution is one point, keep the nominal tail."""
+    tail = (1.0 - CONFIDENCE) / 2.0
+    n = np.array([s.size for s in samples], dtype=np.float64)
+    unbiased = np.array([s.var(ddof=1) for s in samples]) / n
+    if unbiased.sum() == 0.0:
+        return tail
+    plug_in = unbiased * (n - 1.0) / n
+    df = unbiased.sum() ** 2 / np.sum(unbiased**2 / (n - 1.0))
+    ratio = math.sqrt(unbiased.sum() / plug_in.sum())
+    return float(stats.norm.cdf(-ratio * stats.t.ppf(1.0 - tail, df)))
 
 
 def _permutation_p(x: np.ndarray, y: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:

@@ -1,4 +1,5 @@
-"""Self-contained HTML pages: one template, inline CSS and JS, the data as one escaped JSON block.
+"""Self-contained HTML pages: one shell (page.html) around each page's markup, inline CSS and JS, the data as one
+escaped JSON block.
 
 Every string from a run (labels, class names, file names, layer names, the model spec) reaches the page only
 inside the JSON block, and the scripts put it into the DOM with ``textContent``; so escaping happens in one
@@ -51,9 +52,10 @@ def render_page(page: str, title: str, data: Any) -> str:
         "STYLE": _template("style.css"),
         "DATA": embed_json(data),
         "SCRIPT": script,
+        "BODY": _template(f"{page}.html"),  # the page's own markup, inside the head and scripts all pages share
     }
     # one pass, so text inside a slot's value is never taken for another slot
-    return _SLOT.sub(lambda m: slots[m.group(1)], _template(f"{page}.html"))
+    return _SLOT.sub(lambda m: slots[m.group(1)], _template("page.html"))
 
 
 def example_images(run_dir: Path) -> dict[int, str]:

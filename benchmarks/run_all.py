@@ -97,8 +97,8 @@ def memory_section() -> str:
     return f"""## Peak memory against N (K = 1,024, D = 512, k = 64)
 
 Peak RSS growth of a fresh process streaming N rows (generated batch by batch, never stored) through the
-engine, against keeping every projection as (a) does. The engine's growth comes from allocator and kernel
-warm-up over the first ~100k rows and then stops: compare the last rows. (a) at 3M rows would need
+engine, against keeping every projection as (a) does. The engine's growth is allocator arenas and kernel
+warm-up: tens of MiB that vary from run to run (one process each), not with N. (a) at 3M rows would need
 12 GiB for the projections alone (40 GiB at 10M), so it is not run.
 
 {table(memory, cols)}"""

@@ -17,7 +17,7 @@ from dirscope.compare import Comparison, cliffs_delta, compare_samples, conclusi
 ALPHA = 0.05
 REPS = 1000  # per null distribution: the rejection rate's standard error is 0.7 points
 SIZES = [(10, 10), (10, 40), (25, 25), (60, 15), (200, 50), (100, 200)]
-# Each bound fails the plain percentile interval (93.4, 94.1, 91.6 and 90.0% here) that the expanded one replaced.
+# Each bound fails the plain percentile interval that the expanded one replaced (93.4, 94.1, 91.6, 90.0% here).
 MIN_NULL_COVERAGE = {"normal": 0.94, "purity": 0.945, "t3": 0.925, "lognormal": 0.905}
 
 
@@ -50,8 +50,8 @@ def test_null_rejects_at_alpha_and_ci_covers_zero(kind):
         covered += covers(c, 0.0)
     # Exact under H0, so at most ALPHA + 3 standard errors; ties make it conservative (about 4% for purity).
     assert 0.025 <= rejected / REPS <= 0.07
-    # Expanded percentile intervals: 95.2, 95.7, 93.8 and 92.2% here (skewed scores in groups of 10-15 stay
-    # below 95%), hence the per-kind lower bounds.
+    # Expanded percentile intervals: normal 95.2, purity 95.7, t3 93.8, log-normal 92.2% here (skewed scores
+    # in groups of 10-15 stay below 95%), hence the per-kind lower bounds.
     assert MIN_NULL_COVERAGE[kind] <= covered / REPS <= 0.97
 
 

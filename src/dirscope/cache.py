@@ -267,10 +267,13 @@ class CacheReader:
                     "so write the cache with --pool max"
                 )
 
+    def _file(self, sub: str, chunk: dict[str, Any]) -> Path:
+        return self.folder / sub / chunk["file"]
+
     def _map(self, sub: str, chunk: dict[str, Any], shape: list[int], dtype: str) -> np.ndarray:
         """A chunk memory-mapped, to check its header and size when the cache is opened without reading it."""
         try:
-            array = np.load(self.folder / sub / chunk["file"], mmap_mode="r", allow_pickle=False)
+            array = np.load(self._file(sub, chunk), mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
         return self._check(sub, chunk, array, shape, dtype)
@@ -301,7 +304,7 @@ class CacheReader:
             return
         pending = self._pending.pop(key, None)
         try:
-            actual = pending.result() if pending is not None else file_crc32(self.folder / sub / chunk["file"])
+            actual = pending.result() if pending is not None else file_crc32(self._file(sub, chunk))
         except OSError as exc:
             raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
         if actual != expected:
@@ -317,7 +320,7 @@ class CacheReader:
         for sub in [_ROWS] + [self.layers[name]["dir"] for name in names]:
             key = (sub, chunk["file"])
             if sub in chunk.get("crc32", {}) and key not in self._verified and key not in self._pending:
-                self._pending[key] = pool.submit(file_crc32, self.folder / sub / chunk["file"])
+                self._pending[key] = pool.submit(file_crc32, self._file(sub, chunk))
 
     def _rows_of(self, chunk: dict[str, Any]) -> np.ndarray:
         return self._load(_ROWS, chunk, [3], "int64")

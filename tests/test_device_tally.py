@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 
 from dirscope.tally import NonFiniteValues, Tally
-from dirscope.tally.device import DeviceTally, count_bins
+from dirscope.tally import device as device_module
+from dirscope.tally.device import MAX_FUSED_K, DeviceTally, candidate_capacity, count_bins
 from test_tally import streams
 
 EXACT = ("top_values", "top_indices", "bottom_values", "bottom_indices", "zeros", "min", "max", "hist_counts")
 EXACT += ("hist_start", "hist_width")
 CLOSE = ("mean", "var", "skew", "kurtosis")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+# The Triton pass runs compiled on a GPU, else in Triton's interpreter on CPU tensors (see conftest.py).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_both(values: np.ndarray, indices: np.ndarray, k: int, bins: int, cuts: list[int], device: str = "cpu"):
-    """Unfused: a compiled pass would compile again for every number of bins that hypothesis draws."""
-    cpu, dev = Tally(values.shape[0], k, bins), DeviceTally(values.shape[0], k, bins, device, fused=False)
+def run_both(
+    values: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    bins: int,
+    cuts: list[int],
+    device: str = "cpu",
+    fused: bool = False,
+):
+    """Feed both tallies the same blocks; ``fused`` asserts that the Triton pass really ran (no fallback)."""
+    cpu, dev = Tally(values.shape[0], k, bins), DeviceTally(values.shape[0], k, bins, device, fused=fused)
     for lo, hi in zip([0, *cuts], [*cuts, values.shape[1]], strict=True):
         cpu.update(values[:, lo:hi], indices[lo:hi])
         dev.update(torch.from_numpy(values[:, lo:hi]).to(device), indices[lo:hi])
+    assert not (fused and device_module._Fused.failed), "the Triton pass failed and the eager pass ran"
     return cpu, dev
 
 
@@ -160,4 +175,118 @@ def test_cuda_large_blocks_match_cpu(fused):
     for lo in range(0, 70_000, 35_000):
         cpu.update(values[:, lo : lo + 35_000], idx[lo : lo + 35_000])
         dev.update(torch.from_numpy(values[:, lo : lo + 35_000]).cuda(), idx[lo : lo + 35_000])
+    assert_same(cpu.result(), dev.result())
+
+
+# The Triton pass ------------------------------------------------------------------------------------------
+
+
+@triton
+@settings(max_examples=80, deadline=None)
+@given(streams())
+def test_triton_pass_matches_numba_tally(stream):
+    values, indices, k, cuts, bins = stream
+    cpu, dev = run_both(values, indices, k, bins, cuts, TRITON_DEVICE, fused=True)
+    assert_same(cpu.result(), dev.result())
+
+
+@triton
+@pytest.mark.parametrize("batch", [10, 100, 1500])
+@pytest.mark.parametrize("k", [1, 70, MAX_FUSED_K])
+def test_triton_pass_heavy_ties_and_batch_sizes(batch, k):
+    """As the eager test: ties, constant and ReLU rows, gapped indices, k above the batch and above N.
+
+    Fewer rows with small batches: the interpreter takes a tenth of a second per block.
+    """
+    rng = np.random.default_rng(batch * 31 + k)
+    n = min(1500, 25 * batch)
+    values = np.vstack(
+        [
+            rng.integers(-2, 3, size=(3, n)),
+            np.full((1, n), 5.0),
+            np.maximum(rng.normal(size=(2, n)), 0) * 4,
+            rng.normal(size=(2, n)) * 1e3 + 1e5,
+        ]
+    ).astype(np.float32)
+    cuts = list(range(batch, n, batch))
+    for indices in (np.arange(n) * 2 + 7, np.arange(n) + 3):  # rows read from a tensor, and consecutive
+        cpu, dev = run_both(values, indices, k, 64, cuts, TRITON_DEVICE, fused=True)
+        assert_same(cpu.result(), dev.result())
+
+
+@triton
+def test_triton_pass_overflowing_candidates_take_the_general_path(monkeypatch):
+    """Rising values beat the k-th value everywhere: more candidates than the kernel keeps, every block."""
+    calls = []
+    original = DeviceTally._select
+    monkeypatch.setattr(
+        DeviceTally, "_select", lambda self, *args, **kw: calls.append(1) or original(self, *args, **kw)
+    )
+    rng = np.random.default_rng(11)
+    values = np.vstack([np.arange(600.0), rng.normal(size=600)]).astype(np.float32)
+    assert candidate_capacity(4) < 100
+    cpu, dev = run_both(values, np.arange(600), 4, 16, list(range(100, 600, 100)), TRITON_DEVICE, fused=True)
+    assert_same(cpu.result(), dev.result())
+    assert 2 <= len(calls) < 12  # the first block fits the candidate rows; each later one overflows
+
+
+@triton
+def test_large_k_runs_eager(monkeypatch):
+    launches = []
+    monkeypatch.setattr(DeviceTally, "_update_eager", lambda self, *a: launches.append(1))
+    DeviceTally(2, MAX_FUSED_K + 1, device=TRITON_DEVICE, fused=True).update(torch.zeros(2, 3), np.arange(3))
+    assert launches == [1]
+
+
+@triton
+def test_triton_pass_keeps_state_on_nonfinite_values():
+    rng = np.random.default_rng(12)
+    good = rng.normal(size=(4, 50)).astype(np.float32)
+    bad = rng.normal(size=(4, 50)).astype(np.float32)
+    bad[1, 7], bad[3, 0] = np.nan, -np.inf
+    tally = DeviceTally(4, 5, device=TRITON_DEVICE, fused=True)
+    tally.update(torch.from_numpy(good).to(TRITON_DEVICE), np.arange(50))
+    before = tally.state_dict()
+    with pytest.raises(NonFiniteValues) as err:
+        tally.update(torch.from_numpy(bad).to(TRITON_DEVICE), np.arange(50, 100))
+    assert err.value.directions.tolist() == [1, 3]
+    after = tally.state_dict()
+    assert not device_module._Fused.failed
+    for name, array in before.items():
+        np.testing.assert_array_equal(array, after[name], err_msg=name)
+
+
+@triton
+def test_triton_pass_resumes_a_cpu_state_and_reads_bfloat16():
+    rng = np.random.default_rng(13)
+    values = torch.from_numpy(rng.normal(size=(5, 4000)).astype(np.float32)).to(torch.bfloat16)
+    as_float = values.float().numpy()
+    cpu = Tally(5, 12, 32)
+    cpu.update(as_float[:, :2000], np.arange(2000))
+    resumed = DeviceTally.from_state_dict(cpu.state_dict(), TRITON_DEVICE, fused=True)
+    for lo in range(2000, 4000, 300):
+        cpu.update(as_float[:, lo : lo + 300], np.arange(lo, min(lo + 300, 4000)))
+        resumed.update(values[:, lo : lo + 300].to(TRITON_DEVICE), np.arange(lo, min(lo + 300, 4000)))
+    assert not device_module._Fused.failed
+    assert_same(cpu.result(), resumed.result())
+
+
+def test_a_failing_triton_pass_warns_once_and_runs_eager(monkeypatch):
+    class Broken:
+        launches = 0
+
+        def block_pass(self, *args):
+            Broken.launches += 1
+            raise RuntimeError("no GPU compiler\nsecond line")
+
+    monkeypatch.setattr(device_module._Fused, "module", Broken())
+    monkeypatch.setattr(device_module._Fused, "failed", False)
+    rng = np.random.default_rng(14)
+    values = rng.normal(size=(3, 400)).astype(np.float32)
+    cpu, dev = Tally(3, 6, 16), DeviceTally(3, 6, 16, fused=True)
+    with pytest.warns(UserWarning, match=r"unavailable \(no GPU compiler\); the device tally runs unfused"):
+        for lo in range(0, 400, 100):
+            cpu.update(values[:, lo : lo + 100], np.arange(lo, lo + 100))
+            dev.update(torch.from_numpy(values[:, lo : lo + 100]), np.arange(lo, lo + 100))
+    assert Broken.launches == 1
     assert_same(cpu.result(), dev.result())

@@ -3,12 +3,14 @@
 Same semantics as the numba ``Tally``, and the same state: ``state_dict()`` is the CPU tally's format, so
 results, checkpoints and merges reuse the CPU code. Per block of projections [K, B]:
 
-- one fused pass (``torch.compile`` on CUDA) reads the block once for the float64 moment sums about the
-  running mean, min, max, zeros, the histogram counts on the current grids, and a candidate code per value;
+- one pass reads the block once for the float64 moment sums about the running mean, min, max, zeros, the
+  histogram counts on the current grids, and the top and bottom candidates. On CUDA it is one Triton
+  kernel (``triton_pass``) that also merges the moments and lays out the candidates for one sort; elsewhere,
+  or without Triton, the same in eager torch (``block_stats``), with a candidate code per value;
 - top-k and bottom-k by threshold: a value is a candidate only if it beats the current k-th value strictly
-  (an equal value never displaces the lower index that came first). Only the candidates, with the state of
-  the directions they touch, are sorted, by a stable sort on one int64 key (direction, value), so equal
-  values keep the lower index. While the lists are filling, the block's own k-th value is the threshold;
+  (an equal value never displaces the lower index that came first). Only candidates are sorted, after the
+  current lists, by a stable sort, so equal values keep the lower index. While the lists are filling, the
+  block's own k-th value is the threshold;
 - histograms follow the CPU tally's grids exactly: a direction whose block does not fit its grid (or that
   has none yet) is widened on the CPU with ``histogram.py`` (a few small rows) and its block counted again.
 """
@@ -16,8 +18,8 @@ results, checkpoints and merges reuse the CPU code. Per block of projections [K,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -26,11 +28,24 @@ from . import histogram
 from .kernels import pebay_merge
 from .tally import _ARRAYS, NonFiniteValues, Tally, TallyResult
 
+if TYPE_CHECKING:
+    from .triton_pass import BlockPass
+
 # Histogram counts are summed as 16-bit fields, four bins to an int64, so one pass needs no scatter;
 # a chunk of at most this many rows keeps every field below 2**16.
 _CHUNK = 65_535
 _FIELDS = 4
 _TOP, _BOTTOM = 1, 2
+FITS, NONFINITE = 1, 2  # bits of the Triton pass's status per direction
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read as they are by the Triton pass
+
+
+MAX_FUSED_K = 256  # the Triton pass merges 2 * candidate_capacity(k) keys per direction in registers
+
+
+def candidate_capacity(k: int) -> int:
+    """Candidates the Triton pass keeps per direction and block: a first block's k, and as many ties."""
+    return 1 << (max(2 * k, 16) - 1).bit_length()
 
 
 class BlockStats(NamedTuple):
@@ -90,29 +105,35 @@ def block_stats(
     )
 
 
-class _Kernels:
-    """``block_stats`` compiled once per process (for CUDA), unless compiling failed here before."""
+class _Fused:
+    """The Triton pass (``triton_pass``), imported on first use; given up for the process if it fails."""
 
-    compiled: Callable[..., BlockStats] | None = None
+    module: ModuleType | None = None
     failed = False
 
     @classmethod
-    def get(cls) -> Callable[..., BlockStats]:
-        if cls.compiled is None:
-            cls.compiled = torch.compile(block_stats, dynamic=True)
-        return cls.compiled
+    def kernel(cls) -> ModuleType | None:
+        if cls.module is None and not cls.failed:
+            try:
+                from . import triton_pass
+            except ImportError as exc:  # a CPU-only torch build has no Triton
+                cls.give_up(exc)
+                return None
+            cls.module = triton_pass
+        return None if cls.failed else cls.module
 
     @classmethod
     def give_up(cls, exc: Exception) -> None:
         cls.failed = True
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"torch.compile failed ({first}); the device tally runs unfused", stacklevel=3)
+        warnings.warn(f"the Triton tally pass is unavailable ({first}); the device tally runs unfused", stacklevel=4)
 
 
 class DeviceTally:
     """Running statistics of K directions on a torch device; feed blocks [K, B] in increasing row order.
 
-    ``fused`` (default: on CUDA) compiles the per-block pass with ``torch.compile``.
+    ``fused`` (default: on CUDA) runs the per-block pass as one Triton kernel, for k up to ``MAX_FUSED_K``;
+    without a GPU only Triton's interpreter (``TRITON_INTERPRET=1``) can run it, which the tests use.
     """
 
     def __init__(
@@ -173,9 +194,57 @@ class DeviceTally:
             return
         if indices[0] <= self.last_index or np.any(np.diff(indices) <= 0):
             raise ValueError("rows must arrive in strictly increasing index order")
-        v = values.to(self.device, torch.float32).contiguous()
+        v = values.to(self.device)
+        if v.dtype not in _KERNEL_DTYPES or v.stride(1) != 1:
+            v = v.to(torch.float32).contiguous()
+        top_thr, bot_thr = self._thresholds(v)
+        block = self._launch(v, indices, top_thr, bot_thr) if self.fused else None
+        if block is None:
+            self._update_eager(v.to(torch.float32).contiguous(), indices, top_thr, bot_thr)
+        else:
+            self._adopt(block, v, indices, top_thr, bot_thr)
+        self.count += indices.size
+        self.last_index = int(indices[-1])
+
+    def _launch(
+        self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor
+    ) -> BlockPass | None:
+        """The Triton pass over the block, or None where it cannot run (then the eager pass does the work)."""
+        kernel = _Fused.kernel() if self.k <= MAX_FUSED_K else None
+        if kernel is None:
+            return None
+        consecutive = indices[-1] - indices[0] == indices.size - 1
+        rows = None if consecutive else torch.from_numpy(indices).to(self.device)
+        try:
+            return kernel.block_pass(self, v, rows, int(indices[0]), top_thr, bot_thr, candidate_capacity(self.k))
+        except Exception as exc:  # no GPU compiler here, or a Triton that cannot build the kernel
+            _Fused.give_up(exc)
+            return None
+
+    def _adopt(
+        self, block: BlockPass, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor
+    ) -> None:
+        """Take the kernel's new state (one synchronisation), then widen histograms and merge the lists."""
+        any_nonfinite, any_unfit, most = block.flags.tolist()
+        if any_nonfinite:
+            raise NonFiniteValues(torch.nonzero(block.status & NONFINITE).flatten().cpu().numpy())
+        for name in ("mean", "m2", "m3", "m4", "vmin", "vmax", "zeros", "hist"):
+            setattr(self, name, getattr(block, name))
+        if any_unfit:
+            self._widen(v, torch.nonzero((block.status & FITS) == 0).flatten())
+        if most <= candidate_capacity(self.k):
+            self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
+            return
+        v32 = v.to(torch.float32)  # a direction overflowed its candidate row: the general path, on the old lists
+        code = (v32 > top_thr[:, None]).to(torch.int8) + (v32 < bot_thr[:, None]).to(torch.int8) * _BOTTOM
+        rows = torch.from_numpy(indices).to(self.device)
+        self._select(self.top_v, self.top_i, v32, rows, code, _TOP, descending=True)
+        self._select(self.bot_v, self.bot_i, v32, rows, code, _BOTTOM, descending=False)
+
+    def _update_eager(self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> None:
+        """The same update in plain torch operations (CPU tensors, or no Triton)."""
         shift = self.mean if self.count else v[:, 0].to(torch.float64)
-        stats = self._read(v, shift)
+        stats = self._read(v, shift, top_thr, bot_thr)
         nonfinite = ~torch.isfinite(stats.s4 + stats.s1 + stats.lo + stats.hi)
         lo, hi, off = stats.lo * self.scale, stats.hi * self.scale, self.hist_off
         fits = self.hist_ready & (lo >= off) & (hi < off + self.bins)  # compared in float64, as the CPU kernel
@@ -192,13 +261,11 @@ class DeviceTally:
         rows = torch.from_numpy(indices).to(self.device)
         self._select(self.top_v, self.top_i, v, rows, stats.code, _TOP, descending=True)
         self._select(self.bot_v, self.bot_i, v, rows, stats.code, _BOTTOM, descending=False)
-        self.count += indices.size
-        self.last_index = int(indices[-1])
 
-    def _read(self, v: torch.Tensor, shift: torch.Tensor) -> BlockStats:
+    def _read(self, v: torch.Tensor, shift: torch.Tensor, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> BlockStats:
         """One pass over the block, in chunks of at most 65,535 rows whose partial results combine."""
-        top_thr, bot_thr = self._thresholds(v)
-        parts = [self._fused(c, shift, top_thr, bot_thr) for c in v.split(_CHUNK, dim=1)]
+        args = (shift, top_thr, bot_thr, self.scale, self.hist_off, self.bins)
+        parts = [block_stats(c, *args) for c in v.split(_CHUNK, dim=1)]
         if len(parts) == 1:
             return parts[0]
         return BlockStats(
@@ -210,29 +277,19 @@ class DeviceTally:
             torch.cat([p.code for p in parts], 1),
         )
 
-    def _fused(self, v: torch.Tensor, shift: torch.Tensor, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> BlockStats:
-        args = (v, shift, top_thr, bot_thr, self.scale, self.hist_off, self.bins)
-        if self.fused and not _Kernels.failed:
-            try:
-                return _Kernels.get()(*args)
-            except Exception as exc:  # no compiler or Triton on this machine: same results, unfused
-                _Kernels.give_up(exc)
-        return block_stats(*args)
-
     def _thresholds(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values strictly above ``top`` (below ``bot``) are candidates.
+        """Values strictly above ``top`` (below ``bot``) are candidates; float32, contiguous.
 
         Full lists: the current k-th values. Filling lists: the block's own k-th value (ties included, by
         stepping one float below it), since k values of the block already reach it; -inf/inf if B <= k.
         """
         if self.count >= self.k:
-            return self.top_v[:, -1], self.bot_v[:, -1]
+            return self.top_v[:, -1].contiguous(), self.bot_v[:, -1].contiguous()
+        inf = torch.full((v.shape[0],), torch.inf, device=v.device)
         if v.shape[1] <= self.k:
-            inf = torch.full_like(v[:, 0], torch.inf)
             return -inf, inf
-        kth_top = torch.topk(v, self.k, dim=1).values[:, -1]
-        kth_bot = torch.topk(v, self.k, dim=1, largest=False).values[:, -1]
-        inf = torch.full_like(kth_top, torch.inf)
+        kth_top = torch.topk(v, self.k, dim=1).values[:, -1].to(torch.float32)
+        kth_bot = torch.topk(v, self.k, dim=1, largest=False).values[:, -1].to(torch.float32)
         return torch.nextafter(kth_top, -inf), torch.nextafter(kth_bot, inf)
 
     def _add_moments(self, stats: BlockStats, shift: torch.Tensor, n_rows: int) -> None:
@@ -258,11 +315,21 @@ class DeviceTally:
         moved = histogram.regrid(self.hist[columns].cpu().numpy(), old_off, old_exp, new_off, new_exp)
         exp_t, off_t = torch.from_numpy(new_exp).to(self.device), torch.from_numpy(new_off).to(self.device)
         scale = torch.from_numpy(histogram.scale_of(new_exp)).to(self.device)
-        x = v[columns].to(torch.float64)
-        counts = sum(count_bins(c, scale, off_t, self.bins) for c in x.split(_CHUNK, dim=1))
+        counts = self._count_rows(v, columns, scale, off_t)
         self.hist[columns] = torch.from_numpy(moved).to(self.device) + counts
         self.hist_exp[columns], self.hist_off[columns], self.scale[columns] = exp_t, off_t, scale
         self.hist_ready[columns] = True
+
+    def _count_rows(self, v: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """Histogram counts of ``v[rows]`` on the given grids: by Triton where the block pass runs by Triton."""
+        kernel = _Fused.kernel() if self.fused and v.dtype in _KERNEL_DTYPES and v.stride(1) == 1 else None
+        if kernel is not None:
+            try:
+                return kernel.count_rows(v, rows, scale, off, self.bins)
+            except Exception as exc:  # as in _launch
+                _Fused.give_up(exc)
+        x = v[rows].to(torch.float64)
+        return sum(count_bins(c, scale, off, self.bins) for c in x.split(_CHUNK, dim=1))
 
     def _select(
         self,

@@ -47,7 +47,8 @@ which it counts); (b) the issue's case, 1M rows, D = 2,048, 4,096 directions, to
 the projection GEMM alone against GEMM + DeviceTally (moments, zeros and histograms included, its Triton
 pass and its eager fallback) and GEMM + a NetDissect-style concatenate-and-reselect top-k, as ratios to the
 GEMM (target: at most 3x); (c) `dirscope run` images/s on mnist-cnn against the bare forward.
-`--device cpu --rows 20000` runs the same code on the CPU as a smoke test. Results: docs/benchmarks-gpu.md."""
+`--device cpu --rows 20000` runs the same code on the CPU as a smoke test. Results, with the card:
+[benchmarks-gpu.md](benchmarks-gpu.md)."""
 
 NEAR_EQUAL = 1e-5  # relative difference under which a rank swap counts as rounding, not an error
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import gpu
@@ -21,3 +23,22 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     assert "Top-8 values of the device tally equal the baseline's: **True**" in text
     for row in ("| gemm |", "| device_tally |", "| concat_reselect |", "| dirscope run |"):
         assert row in text
+
+
+def test_gpu_tune_sweeps_every_pair_on_cpu(tmp_path, monkeypatch, capsys):
+    """The tuning script in Triton's interpreter (conftest.py): every pair runs, and the fastest is written."""
+    pytest.importorskip("triton")
+    from benchmarks import gpu_tune
+
+    from dirscope.tally import device, triton_pass
+
+    monkeypatch.setattr(triton_pass, "TILE", triton_pass.TILE)  # the sweep sets them; restored after
+    monkeypatch.setattr(triton_pass, "NUM_WARPS", triton_pass.NUM_WARPS)
+    best = tmp_path / "best.txt"
+    tiny = "--device cpu --rows 400 --dim 8 --directions 3 --k 4 --batch 200 --rounds 1 --best-to"
+    gpu_tune.main([*tiny.split(), str(best)])
+    printed = capsys.readouterr().out
+    assert printed.count(" x GEMM") == len(gpu_tune.PAIRS)
+    assert not device._Fused.failed
+    tile, warps = (int(word) for word in best.read_text().split()[1::2])
+    assert (tile, warps) in gpu_tune.PAIRS and (tile, warps) == (triton_pass.TILE, triton_pass.NUM_WARPS)

@@ -1,0 +1,96 @@
+"""Tune and profile the DeviceTally's Triton pass on the issue's case: (tile, warps) pairs, then a kernel table.
+
+    python benchmarks/gpu_tune.py                     # on a CUDA machine: about a minute
+    python benchmarks/gpu_tune.py --best-to best.txt  # also writes "--tile T --warps W" for benchmarks/gpu.py
+
+Each pair times GEMM + DeviceTally over the same bf16 activations (median of rounds, synchronised) and is
+reported as a ratio to the GEMM alone. The fastest pair then runs once under ``torch.profiler``, whose table
+(by device time) shows where the tally's time goes. The library's default pair is ``triton_pass.TILE`` and
+``triton_pass.NUM_WARPS``; change it there after a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from gpu import activations, gemm_only, sync, with_device_tally
+
+from dirscope.tally import triton_pass
+
+PAIRS = ((512, 8), (256, 4), (128, 4), (256, 8), (1024, 8), (128, 2))
+
+
+def median_seconds(fn: Callable[[], object], rounds: int, device: str) -> float:
+    fn()  # warm-up, compiles
+    times = []
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sweep(args: argparse.Namespace) -> tuple[int, int]:
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    x, v = activations(args.rows, args.dim, args.directions, dtype, args.device)
+    gemm = median_seconds(lambda: gemm_only(x, v, args.batch), args.rounds, args.device)
+    print(f"GEMM alone: {gemm * 1e3:.1f} ms", flush=True)
+    timed = {}
+    for tile, warps in PAIRS:
+        triton_pass.TILE, triton_pass.NUM_WARPS = tile, warps
+        seconds = median_seconds(
+            lambda: with_device_tally(x, v, args.batch, args.k, fused=True), args.rounds, args.device
+        )
+        timed[tile, warps] = seconds
+        print(f"tile {tile:5d}, {warps} warps: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM", flush=True)
+    best = min(timed, key=timed.get)
+    triton_pass.TILE, triton_pass.NUM_WARPS = best
+    print(f"fastest: tile {best[0]}, {best[1]} warps", flush=True)
+    if args.device.startswith("cuda"):
+        profile(x[: args.profile_rows], v, args)
+    return best
+
+
+def profile(x: torch.Tensor, v: torch.Tensor, args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with_device_tally(x, v, args.batch, args.k, fused=True)
+        sync(args.device)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--directions", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16_384)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile-rows", type=int, default=262_144, help="rows of the profiled run")
+    parser.add_argument("--best-to", type=Path, help="write the fastest pair as gpu.py's --tile/--warps")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("CUDA is not available here; run on a GPU machine")
+    tile, warps = sweep(args)
+    if args.best_to:
+        args.best_to.write_text(f"--tile {tile} --warps {warps}")
+
+
+if __name__ == "__main__":
+    main()

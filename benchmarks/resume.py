@@ -95,6 +95,7 @@ def kill_cost(
     against the median of ``repeats`` uninterrupted runs), with how far the checkpoint had got and its size."""
     with tempfile.TemporaryDirectory() as tmp:
         data = random_images(Path(tmp) / "x.npz", n)
+        _timed(_cli(data, Path(tmp) / "warm-up", every))  # cold file and JIT caches would inflate ``whole``
         whole = statistics.median(_timed(_cli(data, Path(tmp) / f"whole-{r}", every)) for r in range(repeats))
         trials = {}
         for f in fractions:

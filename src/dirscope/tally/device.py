@@ -5,12 +5,12 @@ results, checkpoints and merges reuse the CPU code. Per block of projections [K,
 
 - one pass reads the block once for the float64 moment sums about the running mean, min, max, zeros, the
   histogram counts on the current grids, and the top and bottom candidates. On CUDA it is one Triton
-  kernel (``triton_pass``) that also merges the moments and lays out the candidates for one sort; elsewhere,
-  or without Triton, the same in eager torch (``block_stats``), with a candidate code per value;
+  kernel (``triton_pass``) that also merges the moments and the k-lists; elsewhere, or without Triton, the
+  same in eager torch (``block_stats``, then a sort of the candidates of all directions at once);
 - top-k and bottom-k by threshold: a value is a candidate only if it beats the current k-th value strictly
   (an equal value never displaces the lower index that came first). Only candidates are sorted, after the
-  current lists, by a stable sort, so equal values keep the lower index. While the lists are filling, the
-  block's own k-th value is the threshold;
+  current lists, so equal values keep the lower index. While the lists are filling, the block's own k-th
+  value is the threshold;
 - histograms follow the CPU tally's grids exactly: a direction whose block does not fit its grid (or that
   has none yet) is widened on the CPU with ``histogram.py`` (a few small rows) and its block counted again.
 """
@@ -224,7 +224,8 @@ class DeviceTally:
     def _adopt(
         self, block: BlockPass, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor
     ) -> None:
-        """Take the kernel's new state (one synchronisation), then widen histograms and merge the lists."""
+        """Take the kernel's new state (one synchronisation) and widen histograms; if a direction had more
+        candidates than the kernel keeps, select the block again from the old lists by the general path."""
         any_nonfinite, any_unfit, most = block.flags.tolist()
         if any_nonfinite:
             raise NonFiniteValues(torch.nonzero(block.status & NONFINITE).flatten().cpu().numpy())
@@ -235,7 +236,7 @@ class DeviceTally:
         if most <= candidate_capacity(self.k):
             self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
             return
-        v32 = v.to(torch.float32)  # a direction overflowed its candidate row: the general path, on the old lists
+        v32 = v.to(torch.float32)
         code = (v32 > top_thr[:, None]).to(torch.int8) + (v32 < bot_thr[:, None]).to(torch.int8) * _BOTTOM
         rows = torch.from_numpy(indices).to(self.device)
         self._select(self.top_v, self.top_i, v32, rows, code, _TOP, descending=True)

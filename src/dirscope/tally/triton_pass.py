@@ -135,6 +135,7 @@ def _block_pass(
     ROWS_CONTIGUOUS: tl.constexpr, CAP: tl.constexpr, POS_BITS: tl.constexpr, SORT_BY_RANK: tl.constexpr,
     HIST_BINS: tl.constexpr, TILE: tl.constexpr,
 ):  # fmt: skip
+    """One direction ``d`` of the block: the state in (``*_ptr``), the new state out (``o_*``), as above."""
     d = tl.program_id(0)
     row = v_ptr + d.to(tl.int64) * v_stride
     top_at, bot_at = d.to(tl.int64) * CAP, (d + n_dirs).to(tl.int64) * CAP  # scratch rows of candidates

@@ -61,13 +61,9 @@ def test_matches_numba_tally(stream):
     assert_same(cpu.result(), dev.result())
 
 
-@pytest.mark.parametrize("batch", [7, 64, 100, 1000])
-@pytest.mark.parametrize("k", [1, 16, 70, 2000])
-def test_heavy_ties_and_batch_sizes(batch, k):
-    """Integer values (many ties), a constant direction and ReLU zeros; k above the batch and above N."""
-    rng = np.random.default_rng(batch * 31 + k)
-    n = 1500
-    values = np.vstack(
+def tied_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Integer rows (many ties), a constant row, ReLU rows (exact zeros) and rows far from zero."""
+    return np.vstack(
         [
             rng.integers(-2, 3, size=(3, n)),
             np.full((1, n), 5.0),
@@ -75,6 +71,15 @@ def test_heavy_ties_and_batch_sizes(batch, k):
             rng.normal(size=(2, n)) * 1e3 + 1e5,
         ]
     ).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch", [7, 64, 100, 1000])
+@pytest.mark.parametrize("k", [1, 16, 70, 2000])
+def test_heavy_ties_and_batch_sizes(batch, k):
+    """Integer values (many ties), a constant direction and ReLU zeros; k above the batch and above N."""
+    rng = np.random.default_rng(batch * 31 + k)
+    n = 1500
+    values = tied_values(rng, n)
     indices = np.arange(n) * 2 + 7
     cuts = list(range(batch, n, batch))
     cpu, dev = run_both(values, indices, k, 64, cuts)
@@ -200,14 +205,7 @@ def test_triton_pass_heavy_ties_and_batch_sizes(batch, k):
     """
     rng = np.random.default_rng(batch * 31 + k)
     n = min(1500, 25 * batch)
-    values = np.vstack(
-        [
-            rng.integers(-2, 3, size=(3, n)),
-            np.full((1, n), 5.0),
-            np.maximum(rng.normal(size=(2, n)), 0) * 4,
-            rng.normal(size=(2, n)) * 1e3 + 1e5,
-        ]
-    ).astype(np.float32)
+    values = tied_values(rng, n)
     cuts = list(range(batch, n, batch))
     for indices in (np.arange(n) * 2 + 7, np.arange(n) + 3):  # rows read from a tensor, and consecutive
         cpu, dev = run_both(values, indices, k, 64, cuts, TRITON_DEVICE, fused=True)

@@ -17,7 +17,6 @@ engine throughput against the bare forward. Writes a markdown report (default do
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import time
@@ -299,12 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, help="values per tile of the Triton pass (default: the library's)")
     parser.add_argument("--warps", type=int, help="warps per program of the Triton pass (default: the library's)")
     args = parser.parse_args(argv)
-    triton_pass = importlib.import_module("dirscope.tally.triton_pass") if args.device.startswith("cuda") else None
-    if triton_pass is not None:
-        triton_pass.TILE = args.tile or triton_pass.TILE
-        triton_pass.NUM_WARPS = args.warps or triton_pass.NUM_WARPS
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here; run on a GPU machine, or pass --device cpu for a smoke test")
+    if args.device.startswith("cuda"):  # Triton is imported only where the kernel runs
+        from dirscope.tally import triton_pass
+
+        triton_pass.TILE = args.tile or triton_pass.TILE
+        triton_pass.NUM_WARPS = args.warps or triton_pass.NUM_WARPS
     started = time.perf_counter()
     say(f"device: {card(args.device)}")
     check = correctness(args.device, args.check_directions, args.check_limit)

@@ -12,6 +12,7 @@ reported as a ratio to the GEMM alone. The fastest pair then runs once under ``t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -24,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from gpu import activations, gemm_only, sync, with_device_tally
-
-from dirscope.tally import triton_pass
 
 PAIRS = ((512, 8), (256, 4), (128, 4), (256, 8), (1024, 8), (128, 2))
 
@@ -43,6 +42,8 @@ def median_seconds(fn: Callable[[], object], rounds: int, device: str) -> float:
 
 
 def sweep(args: argparse.Namespace) -> tuple[int, int]:
+    from dirscope.tally import triton_pass  # only where Triton is (checked in main)
+
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     x, v = activations(args.rows, args.dim, args.directions, dtype, args.device)
     gemm = median_seconds(lambda: gemm_only(x, v, args.batch), args.rounds, args.device)
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here; run on a GPU machine")
+    if importlib.util.find_spec("triton") is None:
+        parser.error("Triton is not installed; it comes with CUDA builds of torch (or: pip install triton)")
     tile, warps = sweep(args)
     if args.best_to:
         args.best_to.write_text(f"--tile {tile} --warps {warps}")

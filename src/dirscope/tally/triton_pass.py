@@ -54,6 +54,14 @@ _pebay = _device_function(pebay_merge)
 
 
 @triton.jit
+def _tile_counts(x, valid, scale, off, n_bins, HIST_BINS: tl.constexpr):
+    """Histogram counts of a tile of float64 values on the grid floor(x * scale) - off, as ``count_bins``:
+    values outside the grid (and masked lanes) go to the overflow bin ``n_bins``, which is never stored."""
+    t = tl.floor(x * scale) - off
+    return tl.histogram(tl.where(valid & (t >= 0) & (t < n_bins), t, n_bins).to(tl.int32), HIST_BINS)
+
+
+@triton.jit
 def _store_candidates(values_ptr, index_ptr, hit, value, index, n_before, CAP: tl.constexpr):
     """Append the tile's hits after the ``n_before`` earlier ones (in column order), up to ``CAP``."""
     pos = n_before + tl.cumsum(hit.to(tl.int32), axis=0) - 1
@@ -167,8 +175,7 @@ def _block_pass(
         lo = tl.minimum(lo, tl.where(valid, x32, float("inf")))
         hi = tl.maximum(hi, tl.where(valid, x32, float("-inf")))
         zeros += (valid & (x32 == 0)).to(tl.int32)
-        t = tl.floor(x * scale) - off
-        counts += tl.histogram(tl.where(valid & (t >= 0) & (t < n_bins), t, n_bins).to(tl.int32), HIST_BINS)
+        counts += _tile_counts(x, valid, scale, off, n_bins, HIST_BINS)
         hits_top += (valid & (x32 > top_thr)).to(tl.int32)
         hits_bot += (valid & (x32 < bot_thr)).to(tl.int32)
     n_top, n_bot = tl.sum(hits_top, axis=0), tl.sum(hits_bot, axis=0)
@@ -237,8 +244,8 @@ def _count_rows(
     for start in range(0, n_cols, TILE):
         cols = start + tl.arange(0, TILE)
         valid = cols < n_cols
-        t = tl.floor(tl.load(row + cols, mask=valid, other=0.0).to(tl.float32).to(tl.float64) * scale) - off
-        counts += tl.histogram(tl.where(valid & (t >= 0) & (t < n_bins), t, n_bins).to(tl.int32), HIST_BINS)
+        x = tl.load(row + cols, mask=valid, other=0.0).to(tl.float32).to(tl.float64)
+        counts += _tile_counts(x, valid, scale, off, n_bins, HIST_BINS)
     bins = tl.arange(0, HIST_BINS)
     tl.store(out_ptr + i.to(tl.int64) * n_bins + bins, counts.to(tl.int64), mask=bins < n_bins)
 

@@ -91,7 +91,7 @@ def block_stats(
     x = v.to(torch.float64)
     d = x - shift[:, None]
     d2 = d * d
-    code = (v > top_thr[:, None]).to(torch.int8) + (v < bot_thr[:, None]).to(torch.int8) * _BOTTOM
+    code = candidate_codes(v, top_thr, bot_thr)
     return BlockStats(
         d.sum(1),
         d2.sum(1),
@@ -103,6 +103,11 @@ def block_stats(
         count_bins(x, scale, off, bins),
         code,
     )
+
+
+def candidate_codes(v: torch.Tensor, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> torch.Tensor:
+    """int8 [K, b] per value: 1 a top candidate, 2 a bottom candidate, 3 both (while the lists fill)."""
+    return (v > top_thr[:, None]).to(torch.int8) + (v < bot_thr[:, None]).to(torch.int8) * _BOTTOM
 
 
 class _Fused:
@@ -237,10 +242,7 @@ class DeviceTally:
             self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
             return
         v32 = v.to(torch.float32)
-        code = (v32 > top_thr[:, None]).to(torch.int8) + (v32 < bot_thr[:, None]).to(torch.int8) * _BOTTOM
-        rows = torch.from_numpy(indices).to(self.device)
-        self._select(self.top_v, self.top_i, v32, rows, code, _TOP, descending=True)
-        self._select(self.bot_v, self.bot_i, v32, rows, code, _BOTTOM, descending=False)
+        self._select_both(v32, indices, candidate_codes(v32, top_thr, bot_thr))
 
     def _update_eager(self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> None:
         """The same update in plain torch operations (CPU tensors, or no Triton)."""
@@ -259,9 +261,7 @@ class DeviceTally:
         self.hist += torch.where(fits[:, None], stats.counts, 0)
         if not all_fit:
             self._widen(v, torch.nonzero(~fits).flatten())
-        rows = torch.from_numpy(indices).to(self.device)
-        self._select(self.top_v, self.top_i, v, rows, stats.code, _TOP, descending=True)
-        self._select(self.bot_v, self.bot_i, v, rows, stats.code, _BOTTOM, descending=False)
+        self._select_both(v, indices, stats.code)
 
     def _read(self, v: torch.Tensor, shift: torch.Tensor, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> BlockStats:
         """One pass over the block, in chunks of at most 65,535 rows whose partial results combine."""
@@ -323,7 +323,7 @@ class DeviceTally:
 
     def _count_rows(self, v: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
         """Histogram counts of ``v[rows]`` on the given grids: by Triton where the block pass runs by Triton."""
-        kernel = _Fused.kernel() if self.fused and v.dtype in _KERNEL_DTYPES and v.stride(1) == 1 else None
+        kernel = _Fused.kernel() if self.fused else None  # ``update`` gave ``v`` a dtype the kernel reads
         if kernel is not None:
             try:
                 return kernel.count_rows(v, rows, scale, off, self.bins)
@@ -331,6 +331,12 @@ class DeviceTally:
                 _Fused.give_up(exc)
         x = v[rows].to(torch.float64)
         return sum(count_bins(c, scale, off, self.bins) for c in x.split(_CHUNK, dim=1))
+
+    def _select_both(self, v: torch.Tensor, indices: np.ndarray, code: torch.Tensor) -> None:
+        """Fold the block's coded candidates into both lists."""
+        rows = torch.from_numpy(indices).to(self.device)
+        self._select(self.top_v, self.top_i, v, rows, code, _TOP, descending=True)
+        self._select(self.bot_v, self.bot_i, v, rows, code, _BOTTOM, descending=False)
 
     def _select(
         self,

@@ -3,19 +3,17 @@
     python benchmarks/gpu_tune.py                     # on a CUDA machine: about a minute
     python benchmarks/gpu_tune.py --best-to best.txt  # also writes "--tile T --warps W" for benchmarks/gpu.py
 
-Each pair times GEMM + DeviceTally over the same bf16 activations (median of rounds, synchronised) and is
-reported as a ratio to the GEMM alone. The fastest pair then runs once under ``torch.profiler``, whose table
-(by device time) shows where the tally's time goes. The library's default pair is ``triton_pass.TILE`` and
-``triton_pass.NUM_WARPS``; change it there after a sweep.
+Each pair times GEMM + DeviceTally over the same bf16 activations (``gpu.race``: medians of alternated,
+synchronised rounds) and is reported as a ratio to the GEMM alone. The fastest pair then runs once under
+``torch.profiler``, whose table (by device time) shows where the tally's time goes. The library's default
+pair is ``triton_pass.TILE`` and ``triton_pass.NUM_WARPS``; change it there after a sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,21 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from gpu import activations, gemm_only, sync, with_device_tally
+from gpu import activations, gemm_only, race, sync, with_device_tally
 
 PAIRS = ((512, 8), (256, 4), (128, 4), (256, 8), (1024, 8), (128, 2))
-
-
-def median_seconds(fn: Callable[[], object], rounds: int, device: str) -> float:
-    fn()  # warm-up, compiles
-    times = []
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def sweep(args: argparse.Namespace) -> tuple[int, int]:
@@ -46,15 +32,19 @@ def sweep(args: argparse.Namespace) -> tuple[int, int]:
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     x, v = activations(args.rows, args.dim, args.directions, dtype, args.device)
-    gemm = median_seconds(lambda: gemm_only(x, v, args.batch), args.rounds, args.device)
+
+    def tally_with(pair: tuple[int, int]) -> Callable[[], object]:
+        def run() -> object:
+            triton_pass.TILE, triton_pass.NUM_WARPS = pair
+            return with_device_tally(x, v, args.batch, args.k, fused=True)
+
+        return run
+
+    contenders = {"gemm": lambda: gemm_only(x, v, args.batch)} | {pair: tally_with(pair) for pair in PAIRS}
+    timed = race(contenders, args.rounds, args.device)
+    gemm = timed.pop("gemm")
     print(f"GEMM alone: {gemm * 1e3:.1f} ms", flush=True)
-    timed = {}
-    for tile, warps in PAIRS:
-        triton_pass.TILE, triton_pass.NUM_WARPS = tile, warps
-        seconds = median_seconds(
-            lambda: with_device_tally(x, v, args.batch, args.k, fused=True), args.rounds, args.device
-        )
-        timed[tile, warps] = seconds
+    for (tile, warps), seconds in timed.items():
         print(f"tile {tile:5d}, {warps} warps: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM", flush=True)
     best = min(timed, key=timed.get)
     triton_pass.TILE, triton_pass.NUM_WARPS = best

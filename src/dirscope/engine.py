@@ -29,11 +29,12 @@ from .checkpoint import (
 from .data import load_data
 from .directions import DirectionSet, build_directions
 from .errors import DirscopeError
+from .examples import collect_images
 from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs
 from .models import load_model
 from .project import POOLS, feature_axis, finite_rows, positions, project
 from .result import Result
-from .rundir import RUN_FORMAT
+from .rundir import RUN_FORMAT, unpublish
 from .seeding import derive_seed, numpy_rng
 from .tally import NonFiniteValues, Reservoir, Tally
 from .tally.device import DeviceTally
@@ -233,7 +234,7 @@ def run(
     _check_counts(plans, config)
     if writer is not None:
         writer.finish()
-    result = _build_result(feed, plans, config, log, started)
+    result = _build_result(feed, plans, config, log, started, out_dir)
     result.manifest["engine"] = engine_info
     if out_dir is not None:
         write_run(result, out_dir, figures=figures)
@@ -551,13 +552,17 @@ def _cache_writer(
     return open_cache(out, header, layers, None if checkpoint is None else checkpoint.meta["cache_chunks"])
 
 
-def _build_result(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, started: float) -> Result:
+def _build_result(
+    feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, started: float, out: Path | None
+) -> Result:
     results = {p.name: p.tally.result() for p in plans}
     null_rows = log.null.result()
     named = [null_rows] + [np.concatenate([r.top_indices.ravel(), r.bottom_indices.ravel()]) for r in results.values()]
     indices = np.unique(np.concatenate(named))
     labels = feed.rows.labels_at(indices)
-    images = feed.rows.images_at(indices)
+    if out is not None:
+        unpublish(out)
+    images = collect_images(indices, labels, feed.rows.images_at, out)
     manifest = _manifest(feed, plans, config, started)
     manifest["data"]["label_counts"] = {str(k): v for k, v in sorted(log.label_counts.items())} or None
     manifest["data"]["unlabelled_rows"] = log.unlabelled

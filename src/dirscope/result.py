@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DirscopeError
+from .examples import ExampleImages
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,7 +31,8 @@ class Result:
     zeros, zero_fraction and an exact histogram (hist_start, hist_width, hist_counts).
     ``directions``: layer, direction, family, member, unit, spec; ``vectors(layer)`` gives the [K, D] matrix.
     ``null``: index, label of a seeded uniform sample of the scanned rows, the population scores compare with.
-    ``images``: display images by dataset index, for every row in ``topk`` and ``null`` (when image-like).
+    ``images``: display images by dataset index, for every row in ``topk`` and ``null`` (when image-like);
+    read lazily from the run directory's ``examples.parquet`` when the result has one.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class Result:
         self.stats = stats
         self.directions = directions
         self._vectors = dict(vectors)
-        self.images = dict(images or {})
+        self.images = images if isinstance(images, ExampleImages) else dict(images or {})
         self.verdict = None  # set by score(): a dirscope.verdict.Verdict
         self.scores: pd.DataFrame | None = None
         self.null = (
@@ -68,10 +69,10 @@ class Result:
         indices: np.ndarray,
         labels: np.ndarray | None,
         label_names: Sequence[str] | None,
-        images: Sequence[np.ndarray] | None,
+        images: Mapping[int, np.ndarray] | None,
         null_rows: np.ndarray | None = None,
     ) -> Result:
-        """Assemble the tables from finished tallies; labels and images are given for ``indices``."""
+        """Assemble the tables from finished tallies; labels are given for ``indices``, images by index."""
         lookup = (indices, labels) if labels is not None else None
         topk = pd.concat(
             [_topk_table(layer, directions[layer], t, lookup, label_names) for layer, t in tallies.items()],
@@ -84,11 +85,9 @@ class Result:
             [{"layer": layer, **rec} for layer, d in directions.items() for rec in d.to_records()]
         ).astype({"direction": "int64", "member": "int64", "unit": "int64"})
         vectors = {layer: d.vectors for layer, d in directions.items()}
-        pictures = dict(zip(indices.tolist(), images, strict=True)) if images is not None else {}
-        pictures = {i: img for i, img in pictures.items() if img is not None}
         rows = np.asarray(null_rows if null_rows is not None else [], np.int64)
         null = pd.DataFrame({"index": rows, "label": _labels_of(rows, lookup)})
-        return cls(manifest, topk, stats, meta, vectors, pictures, null)
+        return cls(manifest, topk, stats, meta, vectors, images, null)
 
     @classmethod
     def load(cls, path: str | Path) -> Result:
@@ -258,12 +257,3 @@ def _stats_table(layer: str, dirs: DirectionSet, t: TallyResult) -> pd.DataFrame
             "hist_counts": list(t.hist_counts),
         }
     )
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a uint8 HxW or HxWx3 image as PNG."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()

@@ -7,7 +7,8 @@
     stats.parquet          per layer and direction: count, mean, std, var, skew, kurtosis, min, max,
                            zeros, zero_fraction, hist_start, hist_width, hist_counts
     null.parquet           index, label: a seeded uniform sample of the scanned rows (the null population)
-    examples.parquet       index, label, png: the display image of every row in topk.parquet and null.parquet
+    examples.parquet       index, label, png: the display image of every row in topk.parquet and null.parquet,
+                           sorted by index, in row groups of 64 (see examples.py)
     figures/*.png          Szegedy-style grids
     checkpoint/            only while a run is unfinished: its scan state, for --resume (see checkpoint.py)
     cache/                 with --cache: every layer's activations, for --from-cache (see cache.py)
@@ -17,7 +18,6 @@ manifest.json is written last, so a directory with a manifest is complete.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from .atomic import atomic_path, write_json, write_with
 from .checkpoint import has_checkpoint, remove_checkpoint
 from .errors import DirscopeError
+from .examples import ExampleImages, png_chunks, write_examples
 from .figures import safe_name, write_figures
-from .result import Result, png_bytes
+from .result import Result
 
 RUN_FILES = (
     "manifest.json",
@@ -81,11 +81,17 @@ def _remove_stale(out: Path, keep: set[Path]) -> None:
                 path.unlink()
 
 
+def unpublish(out: Path) -> None:
+    """Remove an earlier run's manifest (and its scores, which no longer apply) before the first file of a
+    new one lands, so that a directory with a manifest is always complete."""
+    for stale in ("manifest.json", "verdict.json", "scores.parquet"):
+        (out / stale).unlink(missing_ok=True)
+
+
 def write_run(result: Result, out: Path, figures: bool = True) -> None:
     """Write every file of the run directory. An earlier manifest is removed first and the new one is
     written last, so the directory counts as complete only when all of it is."""
-    for stale in ("manifest.json", "verdict.json", "scores.parquet"):  # scores of an earlier run no longer apply
-        (out / stale).unlink(missing_ok=True)
+    unpublish(out)
     layer_files = {}
     for layer in result.layers:
         name = f"directions/{safe_name(layer)}.npy"
@@ -96,7 +102,7 @@ def write_run(result: Result, out: Path, figures: bool = True) -> None:
     _write_parquet(out / "topk.parquet", result.topk)
     _write_parquet(out / "stats.parquet", result.stats)
     _write_parquet(out / "null.parquet", result.null)
-    _write_parquet(out / "examples.parquet", _examples_table(result))
+    _write_examples(result, out / "examples.parquet")
     figure_files = write_figures(result, out / "figures") if figures else []
     _remove_stale(out, {out / f for f in layer_files.values()} | set(figure_files))
     manifest = dict(result.manifest)
@@ -113,17 +119,13 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
         pq.write_table(table, tmp)
 
 
-def _examples_table(result: Result) -> pd.DataFrame:
-    rows = pd.concat([result.topk[["index", "label"]], result.null])
-    labels = rows.drop_duplicates("index").set_index("index")["label"]
-    indices = sorted(result.images)
-    return pd.DataFrame(
-        {
-            "index": pd.array(indices, dtype="int64"),
-            "label": pd.array([labels.get(i, pd.NA) for i in indices], dtype="Int64"),
-            "png": [png_bytes(result.images[i]) for i in indices],
-        }
-    )
+def _write_examples(result: Result, path: Path) -> None:
+    """The examples file, unless the result's images are read from this very file (a run writes it first)."""
+    if isinstance(result.images, ExampleImages) and result.images.stored_at(path):
+        return
+    rows = pd.concat([result.topk[["index", "label"]], result.null]).drop_duplicates("index")
+    known = rows.set_index("index")["label"].fillna(-1).astype("int64")
+    write_examples(path, png_chunks(result.images), lambda i: known.reindex(i, fill_value=-1).to_numpy())
 
 
 def read_run(path: Path) -> Result:
@@ -141,17 +143,13 @@ def read_run(path: Path) -> Result:
     vectors = {
         layer["name"]: np.load(path / layer["directions_file"], allow_pickle=False) for layer in manifest["layers"]
     }
-    examples = pd.read_parquet(path / "examples.parquet")
-    images = {
-        int(i): np.asarray(Image.open(io.BytesIO(b))) for i, b in zip(examples["index"], examples["png"], strict=True)
-    }
     result = Result(
         manifest=manifest,
         topk=pd.read_parquet(path / "topk.parquet"),
         stats=pd.read_parquet(path / "stats.parquet"),
         directions=pd.read_parquet(path / "directions.parquet"),
         vectors=vectors,
-        images=images,
+        images=ExampleImages(path / "examples.parquet"),
         null=pd.read_parquet(path / "null.parquet"),
         path=path,
     )

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import engine as eng
-from benchmarks import gpu, imagenet, pipeline, resume
+from benchmarks import example_images, gpu, imagenet, pipeline, resume
 from dirscope.atomic import write_text
 
 
@@ -101,7 +101,29 @@ engine, against keeping every projection as (a) does. The engine's growth is all
 warm-up: tens of MiB that vary from run to run (one process each), not with N. (a) at 3M rows would need
 12 GiB for the projections alone (40 GiB at 10M), so it is not run.
 
-{table(memory, cols)}"""
+{table(memory, cols)}
+
+{examples_table()}"""
+
+
+def examples_table() -> str:
+    say("example images ...")
+    rows = example_images.compare()
+    cols = [
+        ("n", "thumbnails"),
+        ("decoded_mib", "decoded MiB"),
+        ("stream_mib", "stream MiB"),
+        ("stream_s", "stream s"),
+        ("memory_mib", "memory MiB"),
+        ("memory_s", "memory s"),
+    ]
+    return f"""### {example_images.__doc__.splitlines()[0]}
+
+{doc_body(example_images)}
+Peak RSS growth of each process; `stream` holds about 64 MiB of decoded pixels at a time (its chunk) and
+16 row groups of PNGs when reading, so it stays flat in n; `memory` grows with it.
+
+{table(rows, cols)}"""
 
 
 def pipeline_section() -> str:

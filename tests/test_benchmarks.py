@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import engine, pipeline, resume
+from benchmarks import engine, example_images, pipeline, resume
 
 
 def test_resnet18_has_torchvision_resnet18_shape():
@@ -40,3 +40,10 @@ def test_kill_cost_resumes_a_killed_cli_run(tmp_path, monkeypatch):
     rows = resume.kill_cost(n=3_000, every=0.2, fractions=(0.7,), repeats=1)
     assert len(rows) == 1 and rows[0]["killed_s"] < rows[0]["whole_s"]
     assert np.isclose(rows[0]["lost_s"], rows[0]["killed_s"] + rows[0]["resumed_s"] - rows[0]["whole_s"])
+
+
+def test_example_images_compares_streamed_with_held_thumbnails(monkeypatch):
+    monkeypatch.setattr(example_images, "SIDES", 16)
+    (row,) = example_images.compare((300,))
+    assert row["n"] == 300 and np.isclose(row["decoded_mib"], 300 * 16 * 16 * 3 / 2**20)
+    assert row["stream_s"] > 0 and row["memory_s"] > 0 and row["stream_mib"] >= 0 and row["memory_mib"] >= 0

@@ -9,7 +9,7 @@ from PIL import Image
 from dirscope.data import load_data
 from dirscope.data.photos import PHOTOS, photo_crops
 from dirscope.errors import DirscopeError
-from dirscope.references import default_references, hog_embeddings
+from dirscope.references import default_references, hog_embeddings, pixel_embeddings
 
 
 def test_photos_are_seeded_crops_labelled_by_photo(tmp_path, monkeypatch):
@@ -49,6 +49,28 @@ def test_hog_reference_is_skimage_hog_of_a_gray_square():
     np.testing.assert_allclose(got[0], hog(images[9], pixels_per_cell=(8, 8), cells_per_block=(2, 2)))
     with pytest.raises(DirscopeError, match="no image for rows"):
         hog_embeddings(images, np.array([1]))
+
+
+def test_pixel_reference_keeps_small_equal_images_and_squares_the_rest():
+    rng = np.random.default_rng(1)
+    digits = {i: rng.integers(0, 256, (28, 28), dtype=np.uint8) for i in (2, 4, 7)}
+    got = pixel_embeddings(digits, np.array([7, 2]))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.stack([digits[7].ravel(), digits[2].ravel()]).astype(np.float32) / 255)
+
+    def squares(images, rows):
+        sq = [
+            np.asarray(Image.fromarray(images[r]).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+            for r in rows
+        ]
+        return np.stack([s.ravel() for s in sq]).astype(np.float32) / 255
+
+    mixed = {**digits, 9: rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)}  # the odd shape comes last
+    np.testing.assert_array_equal(pixel_embeddings(mixed, np.array([2, 4, 9])), squares(mixed, [2, 4, 9]))
+    large = {i: rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for i in (1, 3)}  # equal, but over 32 x 32
+    np.testing.assert_array_equal(pixel_embeddings(large, np.array([3, 1])), squares(large, [3, 1]))
+    with pytest.raises(DirscopeError, match="pixel reference needs image data"):
+        pixel_embeddings(large, np.array([2]))
 
 
 def test_default_references_by_source():

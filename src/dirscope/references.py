@@ -10,7 +10,7 @@ available offline, gets ``hog``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -49,22 +49,49 @@ def hog_embeddings(images: Mapping[int, np.ndarray], rows: np.ndarray) -> np.nda
     """HOG descriptors [P, F] of the display images, each as a 64 x 64 grayscale square."""
     from skimage.feature import hog
 
-    missing = [int(r) for r in rows if int(r) not in images]
-    if missing:
-        raise DirscopeError(f"the run has no image for rows {missing[:5]}; the hog reference needs image data")
+    _check_images(images, rows, "hog")
     squares = (Image.fromarray(images[int(r)]).convert("L").resize((HOG_SIDE, HOG_SIDE)) for r in rows)
-    return np.stack([hog(np.asarray(sq), pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for sq in squares])
+    return _stacked((hog(np.asarray(sq), pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for sq in squares), len(rows))
 
 
 def pixel_embeddings(images: Mapping[int, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """Flattened display images [P, H*W*C] in [0, 1]; differing sizes are resized to a common square."""
+    """Flattened display images [P, F] in [0, 1]: as they are when all share one shape of at most 32 x 32
+    pixels, else each resized to a 32 x 32 RGB square, so a pool of 10^5 photos stays a few GB."""
+    _check_images(images, rows, "pixel")
+    shapes = set()
+
+    def own_pixels() -> Iterator[np.ndarray]:
+        for r in rows:
+            img = images[int(r)]
+            shapes.add(img.shape)
+            if len(shapes) > 1 or img.shape[0] * img.shape[1] > PIXEL_SIDE**2:
+                raise _NeedsSquares
+            yield img.reshape(-1) / 255.0
+
+    try:
+        return _stacked(own_pixels(), len(rows), np.float32)
+    except _NeedsSquares:
+        return _stacked((_square(images[int(r)]).reshape(-1) / 255.0 for r in rows), len(rows), np.float32)
+
+
+class _NeedsSquares(Exception):
+    """The images differ in shape or are large: the pixel baseline resizes them all."""
+
+
+def _check_images(images: Mapping[int, np.ndarray], rows: np.ndarray, reference: str) -> None:
     missing = [int(r) for r in rows if int(r) not in images]
     if missing:
-        raise DirscopeError(f"the run has no image for rows {missing[:5]}; the pixel reference needs image data")
-    picked = [images[int(r)] for r in rows]
-    if len({img.shape for img in picked}) > 1:
-        picked = [_square(img) for img in picked]
-    return np.stack([img.reshape(-1) for img in picked]).astype(np.float32) / 255.0
+        raise DirscopeError(f"the run has no image for rows {missing[:5]}; the {reference} reference needs image data")
+
+
+def _stacked(vectors: Iterator[np.ndarray], n: int, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """Rows into one preallocated [n, F] array: no list of n arrays beside it (images are decoded one by one)."""
+    out = None
+    for j, vec in enumerate(vectors):
+        if out is None:
+            out = np.empty((n, vec.size), dtype or vec.dtype)
+        out[j] = vec
+    return out if out is not None else np.zeros((0, 0), dtype or np.float64)
 
 
 def _square(image: np.ndarray) -> np.ndarray:

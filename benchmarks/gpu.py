@@ -207,10 +207,10 @@ def card(device: str) -> str:
     if device.startswith("cuda"):
         import triton
 
-        from dirscope.tally.triton_pass import NUM_WARPS, TILE
+        from dirscope.tally.triton_pass import NUM_WARPS, STEP, TILE
 
         name = torch.cuda.get_device_name(device)
-        kernel = f"Triton {triton.__version__} (tile {TILE}, {NUM_WARPS} warps)"
+        kernel = f"Triton {triton.__version__} (tile {TILE}, {NUM_WARPS} warps, {STEP} tiles a step)"
         return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {kernel}"
     return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-limit", type=int, default=None, help="digits in (a); default all")
     parser.add_argument("--tile", type=int, help="values per tile of the Triton pass (default: the library's)")
     parser.add_argument("--warps", type=int, help="warps per program of the Triton pass (default: the library's)")
+    parser.add_argument("--step", type=int, help="tiles the Triton pass loads at once (default: the library's)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here; run on a GPU machine, or pass --device cpu for a smoke test")
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
         triton_pass.TILE = args.tile or triton_pass.TILE
         triton_pass.NUM_WARPS = args.warps or triton_pass.NUM_WARPS
+        triton_pass.STEP = args.step or triton_pass.STEP
     started = time.perf_counter()
     say(f"device: {card(args.device)}")
     check = correctness(args.device, args.check_directions, args.check_limit)

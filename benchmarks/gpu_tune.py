@@ -1,12 +1,15 @@
-"""Tune and profile the DeviceTally's Triton pass on the issue's case: (tile, warps) pairs, then a kernel table.
+"""Tune and profile the DeviceTally's Triton pass on the issue's case: (tile, warps, step) configurations,
+then a kernel table.
 
-    python benchmarks/gpu_tune.py                     # on a CUDA machine: about a minute
-    python benchmarks/gpu_tune.py --best-to best.txt  # also writes "--tile T --warps W" for benchmarks/gpu.py
+    python benchmarks/gpu_tune.py                     # on a CUDA machine: about two minutes
+    python benchmarks/gpu_tune.py --best-to best.txt  # also writes "--tile T --warps W --step S" for gpu.py
 
-Each pair times GEMM + DeviceTally over the same bf16 activations (``gpu.race``: medians of alternated,
-synchronised rounds) and is reported as a ratio to the GEMM alone. The fastest pair then runs once under
-``torch.profiler``, whose table (by device time) shows where the tally's time goes. The library's default
-pair is ``triton_pass.TILE`` and ``triton_pass.NUM_WARPS``; change it there after a sweep.
+Each configuration times GEMM + DeviceTally over the same bf16 activations (``gpu.race``: medians of
+alternated, synchronised rounds) and is reported as a ratio to the GEMM alone. The fastest then runs once
+under ``torch.profiler``, whose table (by device time) shows where the tally's time goes. The library's
+default is ``triton_pass.TILE``, ``NUM_WARPS`` and ``STEP``; change it there after a sweep. ptxas gives
+(on sm_90, Triton 3.6) 80 registers a thread at (256, 4, 1) and (256, 4, 2), 111 at (256, 4, 4), 72 at
+(128, 4, 4), 71 at (256, 8, 4) and 104 at (512, 8, 2).
 """
 
 from __future__ import annotations
@@ -24,31 +27,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from gpu import activations, gemm_only, race, sync, with_device_tally
 
-PAIRS = ((512, 8), (256, 4), (128, 4), (256, 8), (1024, 8), (128, 2))
+CONFIGS = ((256, 4, 1), (256, 4, 2), (256, 4, 4), (128, 4, 2), (128, 4, 4), (256, 8, 4), (512, 8, 2), (128, 2, 4))
 
 
-def sweep(args: argparse.Namespace) -> tuple[int, int]:
+def sweep(args: argparse.Namespace) -> tuple[int, int, int]:
     from dirscope.tally import triton_pass  # only where Triton is (checked in main)
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     x, v = activations(args.rows, args.dim, args.directions, dtype, args.device)
 
-    def tally_with(pair: tuple[int, int]) -> Callable[[], object]:
+    def tally_with(config: tuple[int, int, int]) -> Callable[[], object]:
         def run() -> object:
-            triton_pass.TILE, triton_pass.NUM_WARPS = pair
+            triton_pass.TILE, triton_pass.NUM_WARPS, triton_pass.STEP = config
             return with_device_tally(x, v, args.batch, args.k, fused=True)
 
         return run
 
-    contenders = {"gemm": lambda: gemm_only(x, v, args.batch)} | {pair: tally_with(pair) for pair in PAIRS}
+    contenders = {"gemm": lambda: gemm_only(x, v, args.batch)} | {config: tally_with(config) for config in CONFIGS}
     timed = race(contenders, args.rounds, args.device)
     gemm = timed.pop("gemm")
     print(f"GEMM alone: {gemm * 1e3:.1f} ms", flush=True)
-    for (tile, warps), seconds in timed.items():
-        print(f"tile {tile:5d}, {warps} warps: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM", flush=True)
+    for (tile, warps, step), seconds in timed.items():
+        config = f"tile {tile:5d}, {warps} warps, step {step}"
+        print(f"{config}: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM", flush=True)
     best = min(timed, key=timed.get)
-    triton_pass.TILE, triton_pass.NUM_WARPS = best
-    print(f"fastest: tile {best[0]}, {best[1]} warps", flush=True)
+    triton_pass.TILE, triton_pass.NUM_WARPS, triton_pass.STEP = best
+    print(f"fastest: tile {best[0]}, {best[1]} warps, step {best[2]}", flush=True)
     if args.device.startswith("cuda"):
         profile(x[: args.profile_rows], v, args)
     return best
@@ -74,15 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16_384)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile-rows", type=int, default=262_144, help="rows of the profiled run")
-    parser.add_argument("--best-to", type=Path, help="write the fastest pair as gpu.py's --tile/--warps")
+    parser.add_argument("--best-to", type=Path, help="write the fastest as gpu.py's --tile/--warps/--step")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here; run on a GPU machine")
     if importlib.util.find_spec("triton") is None:
         parser.error("Triton is not installed; it comes with CUDA builds of torch (or: pip install triton)")
-    tile, warps = sweep(args)
+    tile, warps, step = sweep(args)
     if args.best_to:
-        args.best_to.write_text(f"--tile {tile} --warps {warps}")
+        args.best_to.write_text(f"--tile {tile} --warps {warps} --step {step}")
 
 
 if __name__ == "__main__":

@@ -213,6 +213,24 @@ def test_triton_pass_heavy_ties_and_batch_sizes(batch, k):
 
 
 @triton
+@pytest.mark.parametrize(("tile", "step"), [(16, 1), (16, 4), (32, 2)])
+def test_triton_pass_reads_tiles_in_steps_and_revisits_only_tiles_with_candidates(monkeypatch, tile, step):
+    """Small tiles: blocks of 75 tiles (more than the 64 bits that mark tiles with candidates, so bits are
+    shared), steps that end past the block, and sparse candidates anywhere in it."""
+    from dirscope.tally import triton_pass
+
+    monkeypatch.setattr(triton_pass, "TILE", tile)
+    monkeypatch.setattr(triton_pass, "STEP", step)
+    rng = np.random.default_rng(tile * 10 + step)
+    values = rng.normal(size=(3, 4_100)).astype(np.float32)
+    values[1, 4_099] = 9.0  # a new maximum in the very last column
+    values[2, 64 * 16 + 3] = -9.0  # and a new minimum in tile 64, whose bit tile 0 also uses
+    for indices in (np.arange(4_100), np.arange(4_100) * 3):
+        cpu, dev = run_both(values, indices, 5, 16, [300, 1_500, 2_700], TRITON_DEVICE, fused=True)
+        assert_same(cpu.result(), dev.result())
+
+
+@triton
 def test_triton_pass_overflowing_candidates_take_the_general_path(monkeypatch):
     """Rising values beat the k-th value everywhere: more candidates than the kernel keeps, every block."""
     calls = []

@@ -25,8 +25,8 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
         assert row in text
 
 
-def test_gpu_tune_sweeps_every_pair_on_cpu(tmp_path, monkeypatch, capsys):
-    """The tuning script in Triton's interpreter (conftest.py): every pair runs, and the fastest is written."""
+def test_gpu_tune_sweeps_every_configuration_on_cpu(tmp_path, monkeypatch, capsys):
+    """The tuning script in Triton's interpreter (conftest.py): every configuration runs, the fastest is written."""
     pytest.importorskip("triton")
     from benchmarks import gpu_tune
 
@@ -34,11 +34,13 @@ def test_gpu_tune_sweeps_every_pair_on_cpu(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(triton_pass, "TILE", triton_pass.TILE)  # the sweep sets them; restored after
     monkeypatch.setattr(triton_pass, "NUM_WARPS", triton_pass.NUM_WARPS)
+    monkeypatch.setattr(triton_pass, "STEP", triton_pass.STEP)
     best = tmp_path / "best.txt"
     tiny = "--device cpu --rows 400 --dim 8 --directions 3 --k 4 --batch 200 --rounds 1 --best-to"
     gpu_tune.main([*tiny.split(), str(best)])
     printed = capsys.readouterr().out
-    assert printed.count(" x GEMM") == len(gpu_tune.PAIRS)
+    assert printed.count(" x GEMM") == len(gpu_tune.CONFIGS)
     assert not device._Fused.failed
-    tile, warps = (int(word) for word in best.read_text().split()[1::2])
-    assert (tile, warps) in gpu_tune.PAIRS and (tile, warps) == (triton_pass.TILE, triton_pass.NUM_WARPS)
+    best_config = tuple(int(word) for word in best.read_text().split()[1::2])
+    assert best_config in gpu_tune.CONFIGS
+    assert best_config == (triton_pass.TILE, triton_pass.NUM_WARPS, triton_pass.STEP)

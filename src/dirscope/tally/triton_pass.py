@@ -3,16 +3,17 @@
 The eager pass (``device.block_stats``) costs many full-size temporaries and a scan of the candidate codes
 for every block. On an H200 (1M rows, K = 4,096, B = 16,384) the GEMM plus the tally took 58x the bf16
 projection GEMM alone eager, 15x with that pass compiled by ``torch.compile``, and 3.3x with this kernel
-(docs/benchmarks-gpu.md). Each program streams its row of the block [K, B] in tiles and, in registers:
+(docs/benchmarks-gpu.md). Each program streams its row of the block [K, B], ``STEP`` tiles at a time, and:
 
 - sums the float64 moments about the running mean, takes min, max and zeros, and counts the histogram on
   the direction's current grid (values outside it go to an overflow bin);
 - merges the block's moments into the running ones (Pébay, the CPU kernels' own formula) and writes the
   new state to separate buffers, so a block with a non-finite value leaves the tally untouched;
 - compacts the top and bottom candidates (values beyond the current k-th) in row order into scratch rows,
-  then merges them with the direction's current lists in registers: one sort of keys (value, position),
-  where the current list comes before the candidates and candidates keep their row order, so equal values
-  keep the lower dataset index. The new lists go to separate buffers too.
+  re-reading only the tiles where the first read found some (a bit per tile), then merges them with the
+  direction's current lists in registers: one sort of keys (value, position), where the current list
+  comes before the candidates and candidates keep their row order, so equal values keep the lower dataset
+  index. The new lists go to separate buffers too.
 
 A direction with more than ``cap`` candidates in one block is flagged; the caller then keeps the old lists
 and selects that block by the general path. ``flags`` gathers, over all directions: any non-finite, any
@@ -35,10 +36,12 @@ from .kernels import pebay_merge
 if TYPE_CHECKING:
     from .device import DeviceTally
 
-# Values per tile and warps per program, the fastest of six pairs on an H200 (K = 4,096, B = 16,384): 78 ms
-# for 1M rows against 83 ms at (512, 8) and 98 ms at (1024, 8), where 120 registers a thread leave one
-# program per SM.
-TILE, NUM_WARPS = 256, 4
+# Values per tile and warps per program: the fastest of six pairs on an H200 (K = 4,096, B = 16,384) before
+# STEP existed, 78 ms for 1M rows against 83 ms at (512, 8) and 98 ms at (1024, 8). STEP (a power of two, at
+# most 64): tiles loaded at once. The loop waits on memory (a tile is 512 bytes of bf16 per program, about
+# 3 KB in flight per SM at 80 registers a thread), so 2 doubles the loads in flight at the same 80
+# registers; not yet timed on a GPU (benchmarks/gpu_tune.py sweeps it).
+TILE, NUM_WARPS, STEP = 256, 4, 2
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton.jit reads it, when this module loads
 
 
@@ -62,6 +65,11 @@ def _tile_counts(x, valid, scale, off, n_bins, HIST_BINS: tl.constexpr):
 
 
 @triton.jit
+def _either(a, b):
+    return a | b
+
+
+@triton.jit
 def _store_candidates(values_ptr, index_ptr, hit, value, index, n_before, CAP: tl.constexpr):
     """Append the tile's hits after the ``n_before`` earlier ones (in column order), up to ``CAP``."""
     pos = n_before + tl.cumsum(hit.to(tl.int32), axis=0) - 1
@@ -72,18 +80,19 @@ def _store_candidates(values_ptr, index_ptr, hit, value, index, n_before, CAP: t
 
 @triton.jit
 def _compact_candidates(
-    row, n_cols, rows_ptr, first_row, top_thr, bot_thr, top_v, top_i, bot_v, bot_i,
+    row, n_cols, rows_ptr, first_row, top_thr, bot_thr, hit_tiles, top_v, top_i, bot_v, bot_i,
     ROWS_CONTIGUOUS: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr,
 ):  # fmt: skip
-    """Write the row's top and bottom candidates, in column order, skipping tiles that have none."""
+    """Write the row's top and bottom candidates, in column order, reading only the tiles that have some:
+    tile t when bit t % 64 of ``hit_tiles`` is set."""
     n_top = tl.sum(tl.zeros([TILE], tl.int32), axis=0)
     n_bot = n_top
     for start in range(0, n_cols, TILE):
-        cols = start + tl.arange(0, TILE)
-        valid = cols < n_cols
-        x32 = tl.load(row + cols, mask=valid, other=0.0).to(tl.float32)
-        top, bot = valid & (x32 > top_thr), valid & (x32 < bot_thr)
-        if tl.max((top | bot).to(tl.int32), axis=0) > 0:
+        if ((hit_tiles >> ((start // TILE) % 64)) & 1) != 0:
+            cols = start + tl.arange(0, TILE)
+            valid = cols < n_cols
+            x32 = tl.load(row + cols, mask=valid, other=0.0).to(tl.float32)
+            top, bot = valid & (x32 > top_thr), valid & (x32 < bot_thr)
             contiguous = first_row + cols.to(tl.int64)
             index = contiguous if ROWS_CONTIGUOUS else tl.load(rows_ptr + cols, mask=valid, other=-1)
             canonical = tl.where(x32 == 0, 0.0, x32)
@@ -141,7 +150,7 @@ def _block_pass(
     o_top_v_ptr, o_top_i_ptr, o_bot_v_ptr, o_bot_i_ptr,
     status_ptr, cand_v_ptr, cand_i_ptr, flags_ptr, n_dirs, k_top, n_bins,
     ROWS_CONTIGUOUS: tl.constexpr, CAP: tl.constexpr, POS_BITS: tl.constexpr, SORT_BY_RANK: tl.constexpr,
-    HIST_BINS: tl.constexpr, TILE: tl.constexpr,
+    HIST_BINS: tl.constexpr, TILE: tl.constexpr, STEP: tl.constexpr,
 ):  # fmt: skip
     """One direction ``d`` of the block: the state in (``*_ptr``), the new state out (``o_*``), as above."""
     d = tl.program_id(0)
@@ -161,28 +170,35 @@ def _block_pass(
     counts = tl.zeros([HIST_BINS], tl.int32)
     hits_top = tl.zeros([TILE], tl.int32)
     hits_bot = tl.zeros([TILE], tl.int32)
-    for start in range(0, n_cols, TILE):
-        cols = start + tl.arange(0, TILE)
+    hit_tiles = tl.zeros([TILE], tl.int64)  # per lane, bit t % 64 set if tile t has a candidate there
+    steps = tl.arange(0, STEP)[:, None]
+    for start in range(0, n_cols, TILE * STEP):  # STEP tiles at once: more loads in flight, same sums
+        cols = start + steps * TILE + tl.arange(0, TILE)[None, :]
         valid = cols < n_cols
         x32 = tl.load(row + cols, mask=valid, other=0.0).to(tl.float32)
         x = x32.to(tl.float64)
         dev = tl.where(valid, x - shift, 0.0)
         dev2 = dev * dev
-        s1 += dev
-        s2 += dev2
-        s3 += dev2 * dev
-        s4 += dev2 * dev2
-        lo = tl.minimum(lo, tl.where(valid, x32, float("inf")))
-        hi = tl.maximum(hi, tl.where(valid, x32, float("-inf")))
-        zeros += (valid & (x32 == 0)).to(tl.int32)
-        counts += _tile_counts(x, valid, scale, off, n_bins, HIST_BINS)
-        hits_top += (valid & (x32 > top_thr)).to(tl.int32)
-        hits_bot += (valid & (x32 < bot_thr)).to(tl.int32)
+        s1 += tl.sum(dev, axis=0)
+        s2 += tl.sum(dev2, axis=0)
+        s3 += tl.sum(dev2 * dev, axis=0)
+        s4 += tl.sum(dev2 * dev2, axis=0)
+        lo = tl.minimum(lo, tl.min(tl.where(valid, x32, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(valid, x32, float("-inf")), axis=0))
+        zeros += tl.sum((valid & (x32 == 0)).to(tl.int32), axis=0)
+        flat = tl.reshape(x, [STEP * TILE], can_reorder=True)
+        counts += _tile_counts(flat, tl.reshape(valid, [STEP * TILE], can_reorder=True), scale, off, n_bins, HIST_BINS)
+        top, bot = valid & (x32 > top_thr), valid & (x32 < bot_thr)
+        hits_top += tl.sum(top.to(tl.int32), axis=0)
+        hits_bot += tl.sum(bot.to(tl.int32), axis=0)
+        tile_bit = tl.full([STEP, 1], 1, tl.int64) << ((start // TILE + steps) % 64).to(tl.int64)
+        hit_tiles |= tl.sum(tl.where(top | bot, tile_bit, 0), axis=0)  # distinct bits in a step: sum is or
     n_top, n_bot = tl.sum(hits_top, axis=0), tl.sum(hits_bot, axis=0)
     if n_top + n_bot > 0:  # the row again, apart: its registers would cost the loop above its occupancy
         _compact_candidates(
-            row, n_cols, rows_ptr, first_row, top_thr, bot_thr, cand_v_ptr + top_at, cand_i_ptr + top_at,
-            cand_v_ptr + bot_at, cand_i_ptr + bot_at, ROWS_CONTIGUOUS, CAP, TILE,
+            row, n_cols, rows_ptr, first_row, top_thr, bot_thr, tl.reduce(hit_tiles, 0, _either),
+            cand_v_ptr + top_at, cand_i_ptr + top_at, cand_v_ptr + bot_at, cand_i_ptr + bot_at,
+            ROWS_CONTIGUOUS, CAP, TILE,
         )  # fmt: skip
 
     n = n_cols.to(tl.float64)
@@ -312,6 +328,6 @@ def block_pass(
         out.top_v, out.top_i, out.bot_v, out.bot_i,
         out.status, cand_v, cand_i, out.flags, n_dirs, tally.k, tally.bins,
         ROWS_CONTIGUOUS=rows is None, CAP=cap, POS_BITS=(2 * cap - 1).bit_length(), SORT_BY_RANK=INTERPRETED,
-        HIST_BINS=triton.next_power_of_2(tally.bins + 1), TILE=TILE, num_warps=NUM_WARPS,
+        HIST_BINS=triton.next_power_of_2(tally.bins + 1), TILE=TILE, STEP=STEP, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out

@@ -10,6 +10,7 @@ from torch import nn
 
 import dirscope
 from dirscope import examples
+from dirscope.errors import DirscopeError
 from dirscope.examples import ExampleImages, image_chunks, png_bytes, png_chunks, write_examples
 from dirscope.result import Result
 
@@ -156,3 +157,11 @@ def test_an_overwriting_run_unpublishes_the_old_one_before_writing_examples(tmp_
         dirscope.run(nn.Sequential(Flat()), **kw, overwrite=True, checkpoint_every=0)
     assert (tmp_path / "examples.parquet").is_file()
     assert not (tmp_path / "manifest.json").exists()  # new examples beside old tables: not a complete run
+
+
+def test_a_damaged_examples_file_is_a_one_line_error(tmp_path):
+    x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
+    dirscope.run(nn.Sequential(Flat()), ["0"], x, "basis", k=2, out=tmp_path, progress=False)
+    (tmp_path / "examples.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DirscopeError, match=r"cannot read .*examples.parquet.*run `dirscope run` again"):
+        Result.load(tmp_path)

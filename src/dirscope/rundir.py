@@ -128,6 +128,13 @@ def _write_examples(result: Result, path: Path) -> None:
     write_examples(path, png_chunks(result.images), lambda i: known.reindex(i, fill_value=-1).to_numpy())
 
 
+def _example_images(path: Path) -> ExampleImages:
+    try:
+        return ExampleImages(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors on a damaged file are ValueErrors
+        raise DirscopeError(f"cannot read {path}: {exc}; run `dirscope run` again") from None
+
+
 def read_run(path: Path) -> Result:
     """Load a run directory, saying exactly what is missing when it is incomplete."""
     if not (path / "manifest.json").is_file():
@@ -149,7 +156,7 @@ def read_run(path: Path) -> Result:
         stats=pd.read_parquet(path / "stats.parquet"),
         directions=pd.read_parquet(path / "directions.parquet"),
         vectors=vectors,
-        images=ExampleImages(path / "examples.parquet"),
+        images=_example_images(path / "examples.parquet"),
         null=pd.read_parquet(path / "null.parquet"),
         path=path,
     )

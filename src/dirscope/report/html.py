@@ -28,7 +28,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of a run directory (default ``RUN_DIR/report.html``) and return its path."""
     run_dir = Path(run_dir)
     result = read_run(run_dir)
-    data = report_data(result, example_images(run_dir), _plots(result, run_dir))
+    data = report_data(result, example_images(result.images), _plots(result, run_dir))
     spec = result.manifest["model"]["spec"]
     target = Path(out) if out is not None else run_dir / "report.html"
     write_text(target, render_page("report", f"dirscope report: {spec}", data))

@@ -14,13 +14,13 @@ import hashlib
 import html
 import json
 import re
+from collections.abc import Iterable
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..errors import DirscopeError
+from ..examples import ExampleImages
 
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _SLOT = re.compile(r"\{\{([A-Z]+)\}\}")
@@ -58,14 +58,9 @@ def render_page(page: str, title: str, data: Any) -> str:
     return _SLOT.sub(lambda m: slots[m.group(1)], _template("page.html"))
 
 
-def example_images(run_dir: Path) -> dict[int, str]:
-    """Base64 PNG of every example row, as stored in examples.parquet (the images are never decoded)."""
-    path = run_dir / "examples.parquet"
-    try:
-        table = pd.read_parquet(path, columns=["index", "png"])
-    except (OSError, ValueError) as exc:
-        raise DirscopeError(f"cannot read {path}: {exc}; run `dirscope run` again") from None
-    return {int(i): base64.b64encode(png).decode("ascii") for i, png in zip(table["index"], table["png"], strict=True)}
+def example_images(images: ExampleImages, rows: Iterable[int] | None = None) -> dict[int, str]:
+    """Base64 PNG of the given example rows (default: all), as stored in examples.parquet, never decoded."""
+    return {int(i): base64.b64encode(images.png(int(i))).decode("ascii") for i in (images if rows is None else rows)}
 
 
 def json_number(value: Any, digits: int | None = 4) -> float | None:

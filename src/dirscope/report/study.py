@@ -100,12 +100,11 @@ def make_study(
     }
     study_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     key = {"format": KEY_FORMAT, "study": study_id, "version": ANSWERS_VERSION, **key}
-    images = example_images(run_dir)
     page_items = [
         {"id": it["id"], "cells": [int(i) for i in result.examples(it["layer"], it["direction"], "max")["index"]]}
         for it in items
     ]
-    needed = {str(i) for item in page_items for i in item["cells"]}
+    needed = sorted({i for item in page_items for i in item["cells"]})
     data = {
         "study": study_id,
         "version": ANSWERS_VERSION,
@@ -114,7 +113,7 @@ def make_study(
         "ends": list(SCALE_ENDS),
         "guess": _guess_question(families) if guess else None,
         "items": page_items,
-        "images": {str(i): b64 for i, b64 in images.items() if str(i) in needed},
+        "images": {str(i): b64 for i, b64 in example_images(result.images, needed).items()},
     }
     page, key_path = run_dir / "study.html", run_dir / "study.json"
     write_json(key_path, key)

@@ -103,13 +103,13 @@ def test_image_chunks_grow_to_the_byte_budget_and_skip_missing_images(monkeypatc
 
     def images_at(rows):
         asked.append(len(rows))
-        return [None if i % 10 == 0 else np.full((8, 8), i % 256, np.uint8) for i in rows]
+        return [None if i % 10 == 0 or i < 64 else np.full((8, 8), i % 256, np.uint8) for i in rows]
 
-    rows = np.arange(500, dtype=np.int64)
+    rows = np.arange(564, dtype=np.int64)
     got = list(image_chunks(rows, images_at))
-    assert asked == [64, 100, 100, 100, 100, 36]
+    assert asked == [64, 64, 100, 100, 100, 100, 36]  # a chunk without images leaves the size as it was
     kept = np.concatenate([r for r, _ in got])
-    np.testing.assert_array_equal(kept, rows[rows % 10 != 0])
+    np.testing.assert_array_equal(kept, rows[(rows % 10 != 0) & (rows >= 64)])
     assert all(img[0, 0] == i % 256 for r, imgs in got for i, img in zip(r, imgs, strict=True))
     assert list(image_chunks(rows, lambda r: None)) == []
 

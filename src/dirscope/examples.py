@@ -45,6 +45,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """The uint8 array of a PNG written by ``png_bytes``."""
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
@@ -145,9 +146,10 @@ def image_chunks(indices: np.ndarray, images_at: ImagesAt) -> Iterator[tuple[np.
             return
         kept = [i for i, img in enumerate(images) if img is not None]
         yield rows[kept], [images[i] for i in kept]
-        per_image = sum(images[i].nbytes for i in kept) // max(1, len(kept))
         start += len(rows)
-        step = max(ROW_GROUP, CHUNK_BYTES // max(1, per_image))
+        if kept:  # the next chunk sized by these images' bytes
+            per_image = sum(images[i].nbytes for i in kept) // len(kept)
+            step = max(ROW_GROUP, CHUNK_BYTES // max(1, per_image))
 
 
 def png_chunks(images: Mapping[int, np.ndarray]) -> Iterator[tuple[np.ndarray, list[bytes]]]:

@@ -75,7 +75,7 @@ def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096
     return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t, "ratio": t["engine"] / t["gemm"]}
 
 
-def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 3) -> dict:
+def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:
     x, v = synthetic(n, dim, n_dirs)
     t = race(
         {

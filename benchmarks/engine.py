@@ -92,7 +92,7 @@ def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: in
 
 _PEAK_SCRIPT = """
 import sys, numpy as np, torch
-from benchmarks.engine import synthetic
+from benchmarks.engine import peak_kib, synthetic
 from dirscope.project import project
 from dirscope.tally import Tally
 n, mode = int(sys.argv[1]), sys.argv[2]
@@ -105,8 +105,6 @@ for s in range(0, 8 * batch, batch):  # load the kernels and let the allocators 
     x = torch.relu(torch.randn(batch, dim, generator=g))
     warm.update(project(x, v, "max", 0).numpy(), np.arange(s, s + batch))
 del warm, x
-def peak_kib():  # VmHWM: this process's own peak RSS (ru_maxrss would inherit the parent's across exec)
-    return int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM")))
 base = peak_kib()
 for s in range(0, n, batch):
     x = torch.relu(torch.randn(min(batch, n - s), dim, generator=g))
@@ -119,13 +117,24 @@ print(peak_kib() - base)
 """
 
 
-def peak_memory_mib(n: int, mode: str = "engine") -> float:
-    """Peak RSS growth (MiB) of a fresh process streaming n synthetic rows through the engine or storing them."""
+def peak_kib() -> int:
+    """VmHWM: this process's own peak RSS in KiB (ru_maxrss would inherit the parent's across exec)."""
+    with open("/proc/self/status") as status:
+        return int(next(ln.split()[1] for ln in status if ln.startswith("VmHWM")))
+
+
+def fresh_process(script: str, *args: object) -> str:
+    """The last line printed by ``script`` run in a new Python process from the repository root."""
     out = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(n), mode],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     ).stdout
-    return int(out.strip().splitlines()[-1]) / 1024
+    return out.strip().splitlines()[-1]
+
+
+def peak_memory_mib(n: int, mode: str = "engine") -> float:
+    """Peak RSS growth (MiB) of a fresh process streaming n synthetic rows through the engine or storing them."""
+    return int(fresh_process(_PEAK_SCRIPT, n, mode)) / 1024

@@ -9,9 +9,7 @@ run with `out`), `memory` holds every decoded image (a run without `out`, and ev
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from benchmarks.engine import fresh_process
 
 SIDES = 128
 CASES = (2_000, 8_000, 32_000)
@@ -21,13 +19,12 @@ import sys, tempfile, time
 from pathlib import Path
 import numpy as np
 from dirscope.examples import collect_images
+from benchmarks.engine import peak_kib
 n, mode, side = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ramp = np.arange(side, dtype=np.int64)
 def images_at(rows):  # smooth RGB thumbnails, different per row, so PNG encoding stays quick
     return [((ramp[:, None, None] + 2 * ramp[None, :, None] + np.array([0, 85, 170]) + r) % 256).astype(np.uint8)
             for r in rows]
-def peak_kib():  # VmHWM: this process's own peak RSS
-    return int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM")))
 base = peak_kib()
 start = time.perf_counter()
 with tempfile.TemporaryDirectory() as tmp:
@@ -40,14 +37,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 def peak_mib(n: int, mode: str) -> tuple[float, float]:
     """(peak RSS growth in MiB, seconds) of one fresh process gathering n thumbnails in ``mode``."""
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(n), mode, str(SIDES)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    ).stdout
-    kib, seconds = out.strip().splitlines()[-1].split()
+    kib, seconds = fresh_process(_SCRIPT, n, mode, SIDES).split()
     return int(kib) / 1024, float(seconds)
 
 

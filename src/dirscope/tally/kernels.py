@@ -1,4 +1,5 @@
-"""Fused numba kernels: one read of each projection updates top-k, bottom-k, moments, zeros and histogram.
+"""Fused numba kernels: one call per block updates top-k, bottom-k, moments, zeros and histogram, each
+direction's row of projections read from memory once and then from cache by a few vectorised passes.
 
 Each direction (a row of the [K, B] projection block) is handled by one thread from start to end, in
 row order, so results do not depend on the number of threads. Candidates that cannot enter the current
@@ -54,8 +55,6 @@ def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
 # the row's range (for the histogram) and tell which chunks hold a value that beats the current k-th value
 # of either list: only those (rare once the lists are full) take the scalar insertion loop.
 _CHUNK = 64
-_NEG_INF32 = np.float32(-np.inf)  # float32 thresholds compare at the rows' own width
-_POS_INF32 = np.float32(np.inf)
 
 
 @nb.njit(fastmath={"nnan", "nsz"}, cache=True)
@@ -66,15 +65,25 @@ def _chunk_min_max(row, cmin, cmax):  # pragma: no cover - jit
     holds here because the caller has already rejected rows whose sums are not finite.
     """
     n_rows = row.shape[0]
-    for j in range(cmin.shape[0]):
+    full = n_rows // _CHUNK
+    for j in range(full):  # a constant trip count, which vectorises better than a clipped one
         start = j * _CHUNK
         lo = row[start]
         hi = row[start]
-        for b in range(start + 1, min(start + _CHUNK, n_rows)):
+        for b in range(start + 1, start + _CHUNK):
             lo = min(lo, row[b])
             hi = max(hi, row[b])
         cmin[j] = lo
         cmax[j] = hi
+    if full < cmin.shape[0]:
+        start = full * _CHUNK
+        lo = row[start]
+        hi = row[start]
+        for b in range(start + 1, n_rows):
+            lo = min(lo, row[b])
+            hi = max(hi, row[b])
+        cmin[full] = lo
+        cmax[full] = hi
     lo = cmin[0]
     hi = cmax[0]
     for j in range(1, cmin.shape[0]):
@@ -183,9 +192,7 @@ def update_kernel(
         off = hist_off[c]
         # Compared in float64 (floor(v*s) - off >= 0 iff v*s >= off), so huge ratios never overflow int64.
         if hist_ready[c] and lo * scale >= off and hi * scale < off + n_bins:
-            h = hist[c]
-            for b in range(n_rows):
-                h[np.int64(np.floor(np.float64(row[b]) * scale)) - off] += 1
+            _count_bins(row, scale, off, hist[c])
         else:
             needs_rebin[c] = True
 
@@ -199,35 +206,49 @@ def _update_extremes(row, indices, filled, tv, ti, bv, bi, cmin, cmax):  # pragm
     k = tv.shape[0]
     n_rows = row.shape[0]
     # Both lists fill in step (every value enters both until they hold k), so one count serves both.
-    top_thr = tv[k - 1] if filled == k else _NEG_INF32
-    bot_thr = bv[k - 1] if filled == k else _POS_INF32
+    first = 0
+    while filled < k and first < n_rows:
+        _insert_desc(tv, ti, filled, row[first], indices[first])
+        _insert_asc(bv, bi, filled, row[first], indices[first])
+        filled += 1
+        first += 1
+    if filled < k:
+        return
+    top_thr = tv[k - 1]
+    bot_thr = bv[k - 1]
+    # Full lists from here on: the two lists are independent, so each scans only the chunks it may gain from.
     for j in range(cmin.shape[0]):
-        if filled == k and cmax[j] <= top_thr and cmin[j] >= bot_thr:
-            continue
-        start = j * _CHUNK
-        for b in range(start, min(start + _CHUNK, n_rows)):
-            v = row[b]
-            if v > top_thr or filled < k:
-                _insert_desc(tv, ti, filled, v, indices[b])
-            if v < bot_thr or filled < k:
-                _insert_asc(bv, bi, filled, v, indices[b])
-            filled = min(filled + 1, k)
-            top_thr = tv[k - 1] if filled == k else _NEG_INF32
-            bot_thr = bv[k - 1] if filled == k else _POS_INF32
+        start = max(j * _CHUNK, first)
+        stop = min(j * _CHUNK + _CHUNK, n_rows)
+        if cmax[j] > top_thr:
+            for b in range(start, stop):
+                if row[b] > top_thr:
+                    _insert_desc(tv, ti, k, row[b], indices[b])
+                    top_thr = tv[k - 1]
+        if cmin[j] < bot_thr:
+            for b in range(start, stop):
+                if row[b] < bot_thr:
+                    _insert_asc(bv, bi, k, row[b], indices[b])
+                    bot_thr = bv[k - 1]
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _count_bins(row, scale, off, h):  # pragma: no cover - jit
+    """Add each value of ``row`` to its bin of ``h`` (all in range). The bins are computed first, in a pass
+    that vectorises, and only then counted: a fused loop waits on each float-to-bin conversion."""
+    bins = np.empty(row.shape[0], np.int32)
+    for b in range(row.shape[0]):
+        bins[b] = np.int64(np.floor(np.float64(row[b]) * scale)) - off
+    for b in range(row.shape[0]):
+        h[bins[b]] += 1
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def histogram_kernel(values, columns, hist, hist_off, hist_scale):  # pragma: no cover - jit
     """Count ``values[c]`` into the histograms of the listed directions (after their grids were widened)."""
-    n_rows = values.shape[1]
     for j in nb.prange(columns.shape[0]):
         c = columns[j]
-        row = values[c]
-        h = hist[c]
-        scale = hist_scale[c]
-        off = hist_off[c]
-        for b in range(n_rows):
-            h[np.int64(np.floor(np.float64(row[b]) * scale)) - off] += 1
+        _count_bins(values[c], hist_scale[c], hist_off[c], hist[c])
 
 
 @nb.njit(inline="always")

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,32 +28,41 @@ def synthetic(n: int, dim: int, n_dirs: int, seed: int = 0) -> tuple[torch.Tenso
     return x, v
 
 
-def gemm_only(x: torch.Tensor, v: torch.Tensor, batch: int) -> None:
+def projections(x: torch.Tensor, v: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    """The projection blocks [K, B] of the rows of ``x``, batch by batch: the GEMM every contender shares."""
     for s in range(0, x.shape[0], batch):
-        project(x[s : s + batch], v, "max", 0)
+        yield project(x[s : s + batch], v, "max", 0)
 
 
-def engine(x: torch.Tensor, v: torch.Tensor, batch: int, k: int) -> Tally:
-    tally = Tally(v.shape[0], k)
-    for s in range(0, x.shape[0], batch):
-        tally.update(project(x[s : s + batch], v, "max", 0).numpy(), np.arange(s, min(s + batch, x.shape[0])))
+def gemm_only(blocks: Iterable[torch.Tensor]) -> None:
+    for _ in blocks:
+        pass
+
+
+def engine(blocks: Iterable[torch.Tensor], k: int) -> Tally | None:
+    tally, start = None, 0
+    for p in blocks:
+        tally = tally or Tally(p.shape[0], k)
+        tally.update(p.numpy(), np.arange(start, start + p.shape[1]))
+        start += p.shape[1]
     return tally
 
 
-def store_all_then_topk(x: torch.Tensor, v: torch.Tensor, batch: int, k: int) -> None:
+def store_all_then_topk(blocks: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternative (a): keep every projection, then one torch.topk per side."""
-    values = torch.cat([v @ x[s : s + batch].T for s in range(0, x.shape[0], batch)], dim=1)
-    torch.topk(values, k, dim=1)
-    torch.topk(values, k, dim=1, largest=False)
+    values = torch.cat(list(blocks), dim=1)
+    return torch.topk(values, k, dim=1).values, torch.topk(values, k, dim=1, largest=False).values
 
 
-def concat_and_resort(x: torch.Tensor, v: torch.Tensor, batch: int, k: int) -> None:
+def concat_and_resort(blocks: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternative (b): a running top-k that concatenates and re-selects each batch (NetDissect-style)."""
-    top = bot = torch.empty(v.shape[0], 0)
-    for s in range(0, x.shape[0], batch):
-        p = v @ x[s : s + batch].T
-        top = torch.topk(torch.cat([top, p], 1), min(k, top.shape[1] + p.shape[1]), dim=1).values
-        bot = torch.topk(torch.cat([bot, p], 1), min(k, bot.shape[1] + p.shape[1]), dim=1, largest=False).values
+    top = bot = None
+    for p in blocks:
+        top = p if top is None else torch.cat([top, p], 1)
+        bot = p if bot is None else torch.cat([bot, p], 1)
+        top = torch.topk(top, min(k, top.shape[1]), dim=1).values
+        bot = torch.topk(bot, min(k, bot.shape[1]), dim=1, largest=False).values
+    return top, bot
 
 
 def race(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
@@ -71,23 +80,26 @@ def race(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[s
 
 def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:
     x, v = synthetic(n, dim, n_dirs)
-    t = race({"gemm": lambda: gemm_only(x, v, batch), "engine": lambda: engine(x, v, batch, k)}, rounds)
+    t = race(
+        {"gemm": lambda: gemm_only(projections(x, v, batch)), "engine": lambda: engine(projections(x, v, batch), k)},
+        rounds,
+    )
     return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t, "ratio": t["engine"] / t["gemm"]}
 
 
 def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:
+    """Two races: the whole run (GEMM and tally, as a user sees it), and the tallies alone on the same
+    stored projection blocks (what each design costs beyond the GEMM, measured directly)."""
     x, v = synthetic(n, dim, n_dirs)
-    t = race(
-        {
-            "gemm": lambda: gemm_only(x, v, batch),
-            "engine": lambda: engine(x, v, batch, k),
-            "store_all": lambda: store_all_then_topk(x, v, batch, k),
-            "concat_resort": lambda: concat_and_resort(x, v, batch, k),
-        },
+    designs = {"engine": engine, "store_all": store_all_then_topk, "concat_resort": concat_and_resort}
+    whole = race(
+        {"gemm": lambda: gemm_only(projections(x, v, batch))}
+        | {name: (lambda fn=fn: fn(projections(x, v, batch), k)) for name, fn in designs.items()},
         rounds,
     )
-    tally_only = {f"{name}_tally": t[name] - t["gemm"] for name in ("engine", "concat_resort")}
-    return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t, **tally_only}
+    stored = list(projections(x, v, batch))
+    alone = race({f"{name}_tally": (lambda fn=fn: fn(stored, k)) for name, fn in designs.items()}, rounds)
+    return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **whole, **alone}
 
 
 _PEAK_SCRIPT = """

@@ -30,6 +30,7 @@ from dirscope.data import (
 from dirscope.data.base import to_display_images
 from dirscope.data.builtin import image_hashes, split_digest
 from dirscope.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_pair
+from dirscope.data.photos import PHOTOS, load_photo
 from dirscope.errors import DirscopeError
 
 realdata = pytest.mark.realdata
@@ -300,6 +301,23 @@ def test_folder_display_images_are_thumbnails(tmp_path):
     big, small = src.images_at(np.array([0, 1]))
     assert big.shape == (64, 128, 3) and big.dtype == np.uint8
     assert small.shape == (64, 128)
+
+
+def test_folder_thumbnails_decode_jpegs_at_a_reduced_scale(tmp_path, monkeypatch):
+    photo = np.asarray(load_photo(PHOTOS[0]).convert("RGB").resize((1024, 512)))
+    Image.fromarray(photo).save(tmp_path / "wide.jpg", quality=95)
+    src = DATA.build(f"folder:{tmp_path}", preprocess=lambda img: torch.zeros(1))
+    shrunk_from = []
+    thumbnail = Image.Image.thumbnail
+    monkeypatch.setattr(
+        Image.Image, "thumbnail", lambda img, size: (shrunk_from.append(img.size), thumbnail(img, size))
+    )
+    (thumb,) = src.images_at(np.array([0]))
+    assert shrunk_from == [(256, 128)]  # 1/4 scale: the largest that keeps both sides >= 128
+    assert thumb.shape == (64, 128, 3)
+    full = Image.fromarray(photo)
+    full.thumbnail((128, 128))
+    assert np.abs(thumb.astype(int) - np.asarray(full, dtype=int)).mean() < 6
 
 
 def test_folder_errors(tmp_path):

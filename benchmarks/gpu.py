@@ -138,10 +138,17 @@ def gemm_only(x: torch.Tensor, v: torch.Tensor, batch: int) -> None:
         v @ x[s : s + batch].T
 
 
-def with_device_tally(x: torch.Tensor, v: torch.Tensor, batch: int, k: int, fused: bool) -> DeviceTally:
+def with_device_tally(
+    x: torch.Tensor, v: torch.Tensor, batch: int, k: int, fused: bool, settle_each: bool = False
+) -> DeviceTally:
+    """``settle_each`` checks every block before the next is launched (the GPU waits for the CPU each time)
+    instead of one block late; the last block is checked either way, as a run does."""
     tally = DeviceTally(v.shape[0], k, device=x.device, fused=fused)
     for s in range(0, x.shape[0], batch):
         tally.update(v @ x[s : s + batch].T, np.arange(s, min(s + batch, x.shape[0])))
+        if settle_each:
+            tally.settle()
+    tally.settle()
     return tally
 
 
@@ -161,6 +168,7 @@ def tally_vs_gemm(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     contenders = {
         "gemm": lambda: gemm_only(x, v, args.batch),
         "device_tally": lambda: with_device_tally(x, v, args.batch, args.k, fused=True),
+        "device_tally_settle_each": lambda: with_device_tally(x, v, args.batch, args.k, True, settle_each=True),
         "device_tally_eager": lambda: with_device_tally(x, v, args.batch, args.k, fused=False),
         "concat_reselect": lambda: concat_and_reselect(x, v, args.batch, args.k),
     }
@@ -257,7 +265,9 @@ digits, TF32 off. A differing index counts as a rank swap when the two values di
 {bound["dtype"]} activations and directions made on the device, batches of {args.batch:,} rows; median of
 {args.rounds} alternated rounds, synchronised. Every contender includes the GEMM. `device_tally` is the
 DeviceTally with its per-block Triton pass (moments, zeros, min/max, histograms and candidates in one read,
-then one sort of the candidates); `_eager` the same in eager torch, its fallback without Triton;
+then one sort of the candidates), whose flags are read one block late; `_settle_each` reads them before
+launching the next block, so the GPU waits for the CPU once per block; `_eager` the same in eager torch, its
+fallback without Triton;
 `concat_reselect` keeps only top and bottom values, re-selecting every batch as NetDissect's runningstats does.
 Issue target: the whole tally at most 3x the GEMM.
 Top-{args.k} values of the device tally equal the baseline's: **{bound["same_top_values"]}**.

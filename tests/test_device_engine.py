@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
@@ -13,11 +15,14 @@ from click.testing import CliRunner
 import dirscope
 from dirscope.cli import cli
 from dirscope.errors import DirscopeError
+from dirscope.tally import device as device_module
+from dirscope.tally.device import DeviceTally
 from test_engine import TinyConv, tiny_data
 
 EXACT_STATS = ["layer", "direction", "count", "min", "max", "zeros", "zero_fraction", "hist_start", "hist_width"]
 MOMENTS = ["mean", "std", "var", "skew", "kurtosis"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 
 
 def assert_same_run(a: dirscope.Result, b: dirscope.Result) -> None:
@@ -71,6 +76,27 @@ def test_bad_tally_or_autocast_is_one_line(kwargs, message):
     model, (x, _) = TinyConv().eval(), tiny_data()
     with pytest.raises(DirscopeError, match=message):
         dirscope.run(model, ["fc"], x, "basis", k=3, progress=False, **kwargs)
+
+
+@triton
+@pytest.mark.parametrize(("tally", "bad_row"), [("numba", 37), ("device", 37), ("device", 63)])
+def test_overflowing_projections_are_one_line_naming_the_layer(tmp_path, monkeypatch, tally, bad_row):
+    """The fused device tally (forced here; Triton's interpreter on a CPU) finds a block one block late: at
+    the next block (row 37 of batches of 16) or at the end of the scan (row 63, in the last block)."""
+    if tally == "device":
+        fused = DeviceTally.from_state_dict.__func__
+        monkeypatch.setattr(DeviceTally, "from_state_dict", classmethod(lambda cls, s, d: fused(cls, s, d, True)))
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    x[bad_row] = 3e38  # finite activations whose projection onto (1, 1, 1, 1) is not
+    np.save(tmp_path / "dirs.npy", np.array([[1, 1, 1, 1], [1, 0, 0, 0]], np.float32))
+    model = torch.nn.Sequential(OrderedDict(lin=torch.nn.Linear(4, 4)))
+    with torch.no_grad():
+        model.lin.weight.copy_(torch.eye(4))
+        model.lin.bias.zero_()
+    directions = f"file:{tmp_path / 'dirs.npy'}"
+    with pytest.raises(DirscopeError, match=r"^layer 'lin': projections overflow float32 for directions \[0\]"):
+        dirscope.run(model, ["lin"], x, directions, k=3, batch_size=16, tally=tally, progress=False)
+    assert not device_module._Fused.failed
 
 
 def test_cli_refuses_unknown_tally_with_exit_2():

@@ -256,21 +256,43 @@ def test_large_k_runs_eager(monkeypatch):
 
 @triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
-def test_triton_pass_keeps_state_on_nonfinite_values():
+@pytest.mark.parametrize("found_by", ["settle", "next update"])
+def test_triton_pass_reports_nonfinite_values_a_block_late_with_the_state_before_them(found_by):
     rng = np.random.default_rng(12)
-    good = rng.normal(size=(4, 50)).astype(np.float32)
-    bad = rng.normal(size=(4, 50)).astype(np.float32)
+    good, bad, later = (torch.from_numpy(rng.normal(size=(4, 50)).astype(np.float32)) for _ in range(3))
     bad[1, 7], bad[3, 0] = np.nan, -np.inf
     tally = DeviceTally(4, 5, device=TRITON_DEVICE, fused=True)
-    tally.update(torch.from_numpy(good).to(TRITON_DEVICE), np.arange(50))
+    tally.update(good.to(TRITON_DEVICE), np.arange(50))
     before = tally.state_dict()
+    tally.update(bad.to(TRITON_DEVICE), np.arange(50, 100))  # launched; its flags are read later
     with pytest.raises(NonFiniteValues) as err:
-        tally.update(torch.from_numpy(bad).to(TRITON_DEVICE), np.arange(50, 100))
+        if found_by == "settle":
+            tally.settle()
+        else:
+            tally.update(later.to(TRITON_DEVICE), np.arange(100, 150))
     assert err.value.directions.tolist() == [1, 3]
     after = tally.state_dict()
     assert not device_module._Fused.failed
     for name, array in before.items():
         np.testing.assert_array_equal(array, after[name], err_msg=name)
+
+
+@triton
+def test_triton_pass_checks_each_block_after_launching_the_next(monkeypatch):
+    """The GPU never idles waiting for a block's flags: they are read once the next pass is queued."""
+    events = []
+    launch, clean = DeviceTally._launch, DeviceTally._clean
+    monkeypatch.setattr(
+        DeviceTally, "_launch", lambda self, v, i, *a: events.append(("launch", i[0])) or launch(self, v, i, *a)
+    )
+    monkeypatch.setattr(DeviceTally, "_clean", lambda self, p: events.append(("check", p.indices[0])) or clean(self, p))
+    values = np.random.default_rng(14).uniform(-1, 1, size=(3, 90)).astype(np.float32)
+    values[:, :2] = 2, -2  # the first block spans every later one: only its own (first) grids need fixing
+    cpu, dev = run_both(values, np.arange(90), 4, 16, [30, 60], TRITON_DEVICE, fused=True)
+    first_block_at_once = [("launch", 0), ("check", 0)]  # it always needs fixing: its histograms have no grid
+    assert events == [*first_block_at_once, ("launch", 30), ("launch", 60), ("check", 30)]
+    assert_same(cpu.result(), dev.result())  # reading the result checks the last block
+    assert events[-1] == ("check", 60)
 
 
 @triton

@@ -21,7 +21,13 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     assert "Device: **CPU" in text
     assert "| **True** |" in text  # (a) passed
     assert "Top-8 values of the device tally equal the baseline's: **True**" in text
-    for row in ("| gemm |", "| device_tally |", "| concat_reselect |", "| dirscope run |"):
+    for row in (
+        "| gemm |",
+        "| device_tally |",
+        "| device_tally_settle_each |",
+        "| concat_reselect |",
+        "| dirscope run |",
+    ):
         assert row in text
 
 

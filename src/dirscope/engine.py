@@ -5,7 +5,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -429,6 +430,7 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
             next_index = int(idx[-1]) + 1
             if progress.saver is not None:
                 progress.saver.tick(plans, log, next_index, progress.writer)
+    _settle(plans)
     if progress.saver is not None and next_index is not None:
         progress.saver.tick(plans, log, next_index, progress.writer, force=True)
 
@@ -455,8 +457,22 @@ def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> Non
         if idx.size == 0:
             return
     values = project(act, plan.vectors, pool, plan.axis).float()
-    try:
+    with _overflow_named(plan):
         plan.tally.update(values if isinstance(plan.tally, DeviceTally) else values.cpu().numpy(), idx)
+
+
+def _settle(plans: list[LayerPlan]) -> None:
+    """Device tallies check each block one block late (so the GPU keeps working): check the last ones."""
+    for plan in plans:
+        if isinstance(plan.tally, DeviceTally):
+            with _overflow_named(plan):
+                plan.tally.settle()
+
+
+@contextmanager
+def _overflow_named(plan: LayerPlan) -> Iterator[None]:
+    try:
+        yield
     except NonFiniteValues as exc:
         raise DirscopeError(
             f"layer {plan.name!r}: projections overflow float32 for directions {exc.directions[:5].tolist()}; "
@@ -478,6 +494,7 @@ class _Saver:
         results are written then rescans nothing)."""
         if not force and time.monotonic() - self.last < self.every:
             return
+        _settle(plans)
         if writer is not None:
             writer.flush()  # the checkpoint names only chunks on disk
         meta, arrays = _scan_state(plans, log, next_index, writer)

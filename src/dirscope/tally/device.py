@@ -12,7 +12,11 @@ results, checkpoints and merges reuse the CPU code. Per block of projections [K,
   current lists, so equal values keep the lower index. While the lists are filling, the block's own k-th
   value is the threshold;
 - histograms follow the CPU tally's grids exactly: a direction whose block does not fit its grid (or that
-  has none yet) is widened on the CPU with ``histogram.py`` (a few small rows) and its block counted again.
+  has none yet) is widened on the CPU with ``histogram.py`` (a few small rows) and its block counted again;
+- the Triton pass's outcome (non-finite values, histograms off their grids, more candidates than it keeps)
+  is read one block late: each block's pass is launched on the previous pass's output before that output is
+  checked, so the GPU does not wait for the CPU between blocks. A block found to need a fix is fixed and the
+  pass after it run again; ``settle()``, which every read of the state calls, checks the last block.
 """
 
 from __future__ import annotations
@@ -46,6 +50,23 @@ MAX_FUSED_K = 256  # the Triton pass merges 2 * candidate_capacity(k) keys per d
 def candidate_capacity(k: int) -> int:
     """Candidates the Triton pass keeps per direction and block: a first block's k, and as many ties."""
     return 1 << (max(2 * k, 16) - 1).bit_length()
+
+
+# What the Triton pass writes anew per block, in BlockPass order.
+KERNEL_STATE = ("mean", "m2", "m3", "m4", "vmin", "vmax", "zeros", "hist", "top_v", "top_i", "bot_v", "bot_i")
+
+
+class _Pending(NamedTuple):
+    """A Triton pass whose output is already the tally's state, unchecked, with what it takes to redo it."""
+
+    block: BlockPass
+    v: torch.Tensor
+    indices: np.ndarray
+    top_thr: torch.Tensor
+    bot_thr: torch.Tensor
+    before: dict[str, torch.Tensor]  # the state the pass read (it writes new tensors, so these stay intact)
+    count: int
+    last_index: int
 
 
 class BlockStats(NamedTuple):
@@ -149,6 +170,7 @@ class DeviceTally:
         self.device = torch.device(device)
         self.fused = self.device.type == "cuda" if fused is None else fused
         self.k, self.bins = k, bins
+        self._pending: _Pending | None = None
         self._load(Tally(n_directions, k, bins).state_dict())
 
     def _load(self, state: dict[str, np.ndarray]) -> None:
@@ -175,6 +197,7 @@ class DeviceTally:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state in the CPU tally's format: the only time it leaves the device."""
+        self.settle()
         state = {name: getattr(self, name).cpu().numpy() for name in _ARRAYS}
         state["meta"] = np.array([self.count, self.last_index, self.k, self.bins], np.int64)
         return state
@@ -191,7 +214,11 @@ class DeviceTally:
         return self.to_tally().merge(other.to_tally() if isinstance(other, DeviceTally) else other)
 
     def update(self, values: torch.Tensor, indices: np.ndarray) -> None:
-        """Fold in ``values[K, B]`` for dataset rows ``indices`` (increasing, after all seen rows)."""
+        """Fold in ``values[K, B]`` for dataset rows ``indices`` (increasing, after all seen rows).
+
+        With the Triton pass, the block is checked during the next update or ``settle()``, so ``values``
+        must not change until then, and ``NonFiniteValues`` for it may be raised there.
+        """
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         if values.ndim != 2 or values.shape[0] != self.n_directions or values.shape[1] != indices.shape[0]:
             raise ValueError(f"expected values [{self.n_directions}, B] matching indices, got {tuple(values.shape)}")
@@ -202,14 +229,60 @@ class DeviceTally:
         v = values.to(self.device)
         if v.dtype not in _KERNEL_DTYPES or v.stride(1) != 1:
             v = v.to(torch.float32).contiguous()
+        if self.fused and self._speculate(v, indices):
+            return
+        self.settle()
         top_thr, bot_thr = self._thresholds(v)
-        block = self._launch(v, indices, top_thr, bot_thr) if self.fused else None
-        if block is None:
-            self._update_eager(v.to(torch.float32).contiguous(), indices, top_thr, bot_thr)
-        else:
-            self._adopt(block, v, indices, top_thr, bot_thr)
+        self._update_eager(v.to(torch.float32).contiguous(), indices, top_thr, bot_thr)
+        self._advance(indices)
+
+    def settle(self) -> None:
+        """Check the last Triton pass (a synchronisation) and fix its block if needed. Raises
+        ``NonFiniteValues`` for that block, leaving the state as it was before it."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._clean(pending):
+            self._restore(pending)
+            self._adopt(pending)
+
+    def _advance(self, indices: np.ndarray) -> None:
         self.count += indices.size
         self.last_index = int(indices[-1])
+
+    def _speculate(self, v: torch.Tensor, indices: np.ndarray) -> bool:
+        """Run the Triton pass on the current state and take its output as the state at once, then check the
+        pass before it: if that one needs a fix, fix it and run this block again. False: the pass cannot run."""
+        previous, self._pending = self._pending, None
+        current = self._launch_pending(v, indices)
+        if previous is not None and not self._clean(previous):
+            self._restore(previous)  # what this block's pass read was wrong: drop it
+            self._adopt(previous)
+            current = self._launch_pending(v, indices)
+        self._pending = current
+        if current is not None and current.count == 0:
+            self.settle()  # a first block always needs fixing (its histograms have no grid yet): at once
+        return current is not None
+
+    def _launch_pending(self, v: torch.Tensor, indices: np.ndarray) -> _Pending | None:
+        top_thr, bot_thr = self._thresholds(v)
+        block = self._launch(v, indices, top_thr, bot_thr)
+        if block is None:
+            return None
+        before = {name: getattr(self, name) for name in KERNEL_STATE}
+        pending = _Pending(block, v, indices, top_thr, bot_thr, before, self.count, self.last_index)
+        for name in KERNEL_STATE:
+            setattr(self, name, getattr(block, name))
+        self._advance(indices)
+        return pending
+
+    def _clean(self, pending: _Pending) -> bool:
+        """Whether a pass's output needs no fix (reading its flags waits for it)."""
+        any_nonfinite, any_unfit, most = pending.block.flags.tolist()
+        return not any_nonfinite and not any_unfit and most <= candidate_capacity(self.k)
+
+    def _restore(self, pending: _Pending) -> None:
+        for name, tensor in pending.before.items():
+            setattr(self, name, tensor)
+        self.count, self.last_index = pending.count, pending.last_index
 
     def _launch(
         self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor
@@ -226,11 +299,11 @@ class DeviceTally:
             _Fused.give_up(exc)
             return None
 
-    def _adopt(
-        self, block: BlockPass, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor
-    ) -> None:
-        """Take the kernel's new state (one synchronisation) and widen histograms; if a direction had more
-        candidates than the kernel keeps, select the block again from the old lists by the general path."""
+    def _adopt(self, pending: _Pending) -> None:
+        """Take a pass's output as the state after its block, from the state before it, and widen histograms;
+        if a direction had more candidates than the kernel keeps, select the block again from the old lists by
+        the general path."""
+        block, v = pending.block, pending.v
         any_nonfinite, any_unfit, most = block.flags.tolist()
         if any_nonfinite:
             raise NonFiniteValues(torch.nonzero(block.status & NONFINITE).flatten().cpu().numpy())
@@ -240,9 +313,10 @@ class DeviceTally:
             self._widen(v, torch.nonzero((block.status & FITS) == 0).flatten())
         if most <= candidate_capacity(self.k):
             self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
-            return
-        v32 = v.to(torch.float32)
-        self._select_both(v32, indices, candidate_codes(v32, top_thr, bot_thr))
+        else:
+            v32 = v.to(torch.float32)
+            self._select_both(v32, pending.indices, candidate_codes(v32, pending.top_thr, pending.bot_thr))
+        self._advance(pending.indices)
 
     def _update_eager(self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> None:
         """The same update in plain torch operations (CPU tensors, or no Triton)."""

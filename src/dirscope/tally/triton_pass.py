@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import KERNEL_STATE
 from .kernels import pebay_merge
 
 if TYPE_CHECKING:
@@ -311,9 +312,8 @@ def block_pass(
     ``cap`` (a power of two, at least k) is the room for candidates per direction.
     """
     n_dirs, n_cols = v.shape
-    state = ("mean", "m2", "m3", "m4", "vmin", "vmax", "zeros", "hist", "top_v", "top_i", "bot_v", "bot_i")
     out = BlockPass(
-        *(torch.empty_like(getattr(tally, name)) for name in state),
+        *(torch.empty_like(getattr(tally, name)) for name in KERNEL_STATE),
         status=torch.empty(n_dirs, dtype=torch.int8, device=v.device),
         flags=torch.zeros(3, dtype=torch.int32, device=v.device),
     )

@@ -42,7 +42,8 @@ def gemm_only(blocks: Iterable[torch.Tensor]) -> None:
 def engine(blocks: Iterable[torch.Tensor], k: int) -> Tally | None:
     tally, start = None, 0
     for p in blocks:
-        tally = tally or Tally(p.shape[0], k)
+        if tally is None:
+            tally = Tally(p.shape[0], k)
         tally.update(p.numpy(), np.arange(start, start + p.shape[1]))
         start += p.shape[1]
     return tally

@@ -471,6 +471,7 @@ def _settle(plans: list[LayerPlan]) -> None:
 
 @contextmanager
 def _overflow_named(plan: LayerPlan) -> Iterator[None]:
+    """A tally's NonFiniteValues as the one-line error a user sees, naming the layer."""
     try:
         yield
     except NonFiniteValues as exc:

@@ -79,6 +79,7 @@ def test_bad_tally_or_autocast_is_one_line(kwargs, message):
 
 
 @triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on inf
 @pytest.mark.parametrize(("tally", "bad_row"), [("numba", 37), ("device", 37), ("device", 63)])
 def test_overflowing_projections_are_one_line_naming_the_layer(tmp_path, monkeypatch, tally, bad_row):
     """The fused device tally (forced here; Triton's interpreter on a CPU) finds a block one block late: at

@@ -3,6 +3,7 @@ and (when Debian's chromium is installed) the pages themselves in a real headles
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -19,9 +20,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+import dirscope
 from dirscope.cli import main
 from dirscope.compare import mean_ci
 from dirscope.errors import DirscopeError
+from dirscope.report import html as report_html
 from dirscope.report import make_study, score_study, write_report
 from dirscope.report.page import embed_json
 from dirscope.report.study import guess_accuracy, rank_tests, read_key, spearman
@@ -131,6 +134,26 @@ def test_report_embeds_the_runs_figures_and_plots(runs, tmp_path):
     assert set(plots) == set(names) and names
     for name, png in plots.items():
         assert base64.b64decode(png) == (run / name).read_bytes()
+
+
+def test_report_embeds_example_images_up_to_a_size_then_keeps_them_beside_it(runs, tmp_path, monkeypatch):
+    stored = dirscope.load(runs["scored"]).images
+    embedded = write_report(runs["scored"], tmp_path / "small.html")
+    assert "img-src data:;" in embedded.read_text() and not (tmp_path / "small_images").exists()
+    assert {int(i): src for i, src in page_data(embedded)["images"].items()} == {
+        row: "data:image/png;base64," + base64.b64encode(stored.png(row)).decode() for row in stored
+    }
+
+    monkeypatch.setattr(report_html, "EMBED_BYTES", stored.png_size() - 1)
+    folder = tmp_path / "my report_images"
+    folder.mkdir()
+    (folder / "stale.png").write_bytes(b"from an older report")
+    text = write_report(runs["scored"], tmp_path / "my report.html").read_text()
+    assert "img-src data: 'self';" in text
+    sources = page_data(tmp_path / "my report.html")["images"]
+    assert sources == {str(row): f"my%20report_images/{row}.png" for row in stored}
+    assert sorted(folder.iterdir()) == sorted(folder / f"{row}.png" for row in stored)  # replaced whole
+    assert all((folder / f"{row}.png").read_bytes() == stored.png(row) for row in stored)
 
 
 def test_report_without_scores_marks_them_not_computed(runs):
@@ -429,6 +452,16 @@ def test_browser_report_cards_images_filter_sort_search(browser, runs):
     assert page.locator("#side-panels .panel").count() == 2
     assert page.locator("#side-panels .siderow").count() == 2 * 8
     page.click("#tabs button[data-tab=plots]")
+    w.check_clean()
+
+
+def test_browser_report_shows_images_kept_beside_it(browser, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_html, "EMBED_BYTES", 0)
+    w = open_page(browser, write_report(runs["scored"], tmp_path / "many images.html"))
+    w.page.click("#tabs button[data-tab=directions]")
+    total, ok = loaded_images(w.page, "#cards img")
+    assert total == 20 * 2 * 5 and ok == total
+    assert any(u.endswith("many%20images_images/" + u.rsplit("/", 1)[-1]) for u in w.requests)
     w.check_clean()
 
 

@@ -411,7 +411,8 @@ def figures(run_dir: Path, rows: int) -> None:
 def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
     """Write a self-contained HTML report of RUN_DIR: the verdict, plots and one card per direction.
 
-    The file works offline from file:// and loads nothing from any host. Without `dirscope score` the
+    The file works offline from file:// and loads nothing from any host. Example images beyond 64 MiB of
+    PNG go to a folder beside it (FILE_images/), which travels with it. Without `dirscope score` the
     scores are marked as not computed.
     """
     from .report import write_report

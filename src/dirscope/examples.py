@@ -101,6 +101,11 @@ class ExampleImages(Mapping[int, np.ndarray]):
         group = int(np.searchsorted(self._starts, pos, side="right")) - 1
         return self._group(group)[pos - int(self._starts[group])].as_py()
 
+    def png_size(self) -> int:
+        """Bytes of all the stored PNGs, from the file's metadata (nothing is read)."""
+        meta, column = self._file.metadata, self._file.schema_arrow.get_field_index("png")
+        return sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+
     def png_groups(self) -> Iterator[tuple[np.ndarray, list[bytes]]]:
         """(indices, PNGs) row group by row group, for copying the images without decoding them."""
         for g in range(len(self._starts) - 1):

@@ -1,8 +1,8 @@
-"""``dirscope report``: one self-contained report.html per run directory.
+"""``dirscope report``: one report.html per run directory.
 
 The page holds the run's tables as one JSON block (example images once each, as base64 PNG straight from
-examples.parquet) and builds the direction cards of the visible page only, so a run with 10,000 directions
-opens as fast as one with ten.
+examples.parquet; in a folder beside the page when there are too many) and builds the direction cards of the
+visible page only, so a run with 10,000 directions opens as fast as one with ten.
 """
 
 from __future__ import annotations
@@ -18,25 +18,35 @@ from ..atomic import write_text
 from ..figures import FIGURE_ROWS, pick_directions, title_of
 from ..result import Result
 from ..rundir import read_run
-from .page import example_images, json_number, render_page
+from .page import image_sources, json_number, render_page, write_image_folder
 
 STAT_COLUMNS = ("mean", "std", "skew", "kurtosis", "min", "max", "zero_fraction")
+EMBED_BYTES = 64 << 20  # example PNGs a report embeds; more would make a page browsers open slowly, or not at all
 _SIGN_NAMES = {"max": "top-k", "min": "bottom-k"}
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of a run directory (default ``RUN_DIR/report.html``) and return its path."""
+    """Write the report of a run directory (default ``RUN_DIR/report.html``) and return its path.
+
+    Example images are embedded up to ``EMBED_BYTES`` of PNG; beyond that (ImageNet-sized runs hold up to
+    K x 2k thumbnails) they go to a folder beside the report, ``<name>_images/``, which travels with it.
+    """
     run_dir = Path(run_dir)
     result = read_run(run_dir)
-    data = report_data(result, example_images(result.images), _plots(result, run_dir))
-    spec = result.manifest["model"]["spec"]
     target = Path(out) if out is not None else run_dir / "report.html"
-    write_text(target, render_page("report", f"dirscope report: {spec}", data))
+    own_images = result.images.png_size() > EMBED_BYTES
+    if own_images:
+        sources = write_image_folder(result.images, target.with_name(f"{target.stem}_images"))
+    else:
+        sources = image_sources(result.images)
+    data = report_data(result, sources, _plots(result, run_dir))
+    spec = result.manifest["model"]["spec"]
+    write_text(target, render_page("report", f"dirscope report: {spec}", data, own_images))
     return target
 
 
 def report_data(result: Result, images: dict[int, str], plots: list[dict[str, str]]) -> dict[str, Any]:
-    """Everything the report shows, as plain JSON types."""
+    """Everything the report shows, as plain JSON types; ``images`` maps example rows to image sources."""
     layers = result.layers
     meta = result.directions.assign(_layer=result.directions["layer"].map({n: i for i, n in enumerate(layers)}))
     meta = meta.sort_values(["_layer", "direction"]).reset_index(drop=True)
@@ -77,7 +87,7 @@ def report_data(result: Result, images: dict[int, str], plots: list[dict[str, st
             for layer in layers
         },
         "dirs": dirs,
-        "images": {str(i): b64 for i, b64 in images.items()},
+        "images": {str(i): src for i, src in images.items()},
     }
 
 

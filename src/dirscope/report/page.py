@@ -3,8 +3,9 @@ escaped JSON block.
 
 Every string from a run (labels, class names, file names, layer names, the model spec) reaches the page only
 inside the JSON block, and the scripts put it into the DOM with ``textContent``; so escaping happens in one
-place. A Content-Security-Policy allows inline styles, the page's own scripts (by hash) and ``data:`` images,
-and nothing else: no request can leave the page.
+place. A Content-Security-Policy allows inline styles, the page's own scripts (by hash) and ``data:`` images
+(and, for a report whose example images are too many to embed, images from the page's own folder), and nothing
+else: no request can leave the page.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import hashlib
 import html
 import json
 import re
+import shutil
 from collections.abc import Iterable
 from importlib import resources
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -36,14 +40,16 @@ def _template(name: str) -> str:
     return resources.files("dirscope.report").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def render_page(page: str, title: str, data: Any) -> str:
-    """The HTML of ``page`` (``report`` or ``study``) with its data, scripts and styles inlined."""
+def render_page(page: str, title: str, data: Any, own_images: bool = False) -> str:
+    """The HTML of ``page`` (``report`` or ``study``) with its data, scripts and styles inlined;
+    ``own_images`` lets it show images from files beside it (``'self'``), as well as ``data:`` ones."""
     script = _template("common.js") + "\n" + _template(f"{page}.js")
     if "</script" in script.lower():
         raise AssertionError("an inline script must not contain </script")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    images = "data: 'self'" if own_images else "data:"
     csp = (
-        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
         f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
     )
     slots = {
@@ -58,9 +64,29 @@ def render_page(page: str, title: str, data: Any) -> str:
     return _SLOT.sub(lambda m: slots[m.group(1)], _template("page.html"))
 
 
-def example_images(images: ExampleImages, rows: Iterable[int] | None = None) -> dict[int, str]:
-    """Base64 PNG of the given example rows (default: all), as stored in examples.parquet, never decoded."""
-    return {int(i): base64.b64encode(images.png(int(i))).decode("ascii") for i in (images if rows is None else rows)}
+def image_sources(images: ExampleImages, rows: Iterable[int] | None = None) -> dict[int, str]:
+    """``data:`` URIs of the given example rows (default: all), PNGs as stored in examples.parquet, never decoded."""
+    rows = images if rows is None else rows
+    return {int(i): "data:image/png;base64," + base64.b64encode(images.png(int(i))).decode("ascii") for i in rows}
+
+
+def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
+    """Every example as ``FOLDER/ROW.png`` (the folder replaced whole), and each one's source relative to a
+    page in the folder's parent."""
+    staging, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
+    for stale in (staging, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(parents=True)
+    sources = {}
+    for indices, pngs in images.png_groups():
+        for row, png in zip(indices.tolist(), pngs, strict=True):
+            (staging / f"{row}.png").write_bytes(png)
+            sources[row] = f"{quote(folder.name)}/{row}.png"
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return sources
 
 
 def json_number(value: Any, digits: int | None = 4) -> float | None:

@@ -35,7 +35,7 @@ from ..errors import DirscopeError
 from ..result import Result
 from ..rundir import read_run
 from ..seeding import numpy_rng
-from .page import example_images, json_number, render_page
+from .page import image_sources, json_number, render_page
 
 KEY_FORMAT = "dirscope-study/1"
 ANSWERS_FORMAT = "dirscope-study-answers"
@@ -113,7 +113,7 @@ def make_study(
         "ends": list(SCALE_ENDS),
         "guess": _guess_question(families) if guess else None,
         "items": page_items,
-        "images": {str(i): b64 for i, b64 in example_images(result.images, needed).items()},
+        "images": {str(i): src for i, src in image_sources(result.images, needed).items()},
     }
     page, key_path = run_dir / "study.html", run_dir / "study.json"
     write_json(key_path, key)

@@ -23,18 +23,19 @@ function el(tag, props, children) {
   return node;
 }
 
-/* The one image grid: cells are {index, caption}; images maps a dataset row to its base64 PNG. */
+/* The one image grid: cells are {index, caption}; images maps a dataset row to its image's source (a data:
+   URI, or the path of a file beside the page). */
 function imageGrid(cells, images, big) {
   const grid = el("div", {class: big ? "grid big" : "grid"});
   for (const cell of cells) {
     const figure = el("figure", {class: "cell"});
-    const png = images[String(cell.index)];
-    if (png === undefined) {
+    const source = images[String(cell.index)];
+    if (source === undefined) {
       figure.append(el("div", {class: "noimg", text: "no image"}));
     } else {
       const img = new Image();
       img.alt = "";
-      img.src = "data:image/png;base64," + png;
+      img.src = source;
       figure.append(img);
     }
     if (cell.caption) figure.append(el("figcaption", {text: cell.caption}));

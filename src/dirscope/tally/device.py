@@ -276,8 +276,12 @@ class DeviceTally:
 
     def _clean(self, pending: _Pending) -> bool:
         """Whether a pass's output needs no fix (reading its flags waits for it)."""
+        return not any(self._outcome(pending))
+
+    def _outcome(self, pending: _Pending) -> tuple[bool, bool, bool]:
+        """Whether the pass met a non-finite value, a histogram off its grid, more candidates than it keeps."""
         any_nonfinite, any_unfit, most = pending.block.flags.tolist()
-        return not any_nonfinite and not any_unfit and most <= candidate_capacity(self.k)
+        return bool(any_nonfinite), bool(any_unfit), most > candidate_capacity(self.k)
 
     def _restore(self, pending: _Pending) -> None:
         for name, tensor in pending.before.items():
@@ -304,18 +308,18 @@ class DeviceTally:
         if a direction had more candidates than the kernel keeps, select the block again from the old lists by
         the general path."""
         block, v = pending.block, pending.v
-        any_nonfinite, any_unfit, most = block.flags.tolist()
+        any_nonfinite, any_unfit, overflow = self._outcome(pending)
         if any_nonfinite:
             raise NonFiniteValues(torch.nonzero(block.status & NONFINITE).flatten().cpu().numpy())
         for name in ("mean", "m2", "m3", "m4", "vmin", "vmax", "zeros", "hist"):
             setattr(self, name, getattr(block, name))
         if any_unfit:
             self._widen(v, torch.nonzero((block.status & FITS) == 0).flatten())
-        if most <= candidate_capacity(self.k):
-            self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
-        else:
+        if overflow:
             v32 = v.to(torch.float32)
             self._select_both(v32, pending.indices, candidate_codes(v32, pending.top_thr, pending.bot_thr))
+        else:
+            self.top_v, self.top_i, self.bot_v, self.bot_i = block.top_v, block.top_i, block.bot_v, block.bot_i
         self._advance(pending.indices)
 
     def _update_eager(self, v: torch.Tensor, indices: np.ndarray, top_thr: torch.Tensor, bot_thr: torch.Tensor) -> None:

@@ -66,17 +66,34 @@ def concat_and_resort(blocks: Iterable[torch.Tensor], k: int) -> tuple[torch.Ten
     return top, bot
 
 
-def race(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
-    """Median seconds of each contender, run alternately ``rounds`` times after one warm-up each."""
+def race_rounds(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, list[float]]:
+    """Seconds of each contender in each of ``rounds`` rounds, after one warm-up each. Every round runs all
+    contenders, in reverse order every other round, so neither goes first on a machine that drifts."""
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    for r in range(rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
             start = time.perf_counter()
-            fn()
+            contenders[name]()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def race(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
+    """Median seconds of each contender over ``race_rounds``."""
+    return medians(race_rounds(contenders, rounds))
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """The median over rounds of ``name``'s time over ``base``'s in the same round: a load that comes and
+    goes over minutes slows both runs of a round, and cancels, where a ratio of the two medians keeps it."""
+    return statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
 
 
 def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import dirscope
-from benchmarks.engine import race
+from benchmarks.engine import medians, paired_ratio, race_rounds
 from dirscope.data import load_data
 from dirscope.data.photos import PHOTOS, load_photo, photo_crops
 from dirscope.models import load_model
@@ -52,7 +52,8 @@ def dirscope_run(folder: Path, loaded, workers: int, batch: int, directions: str
 def compare(
     per_photo: int = 16, workers: int = 1, batch: int = 64, rounds: int = 5, directions: str = "basis,random:1024"
 ) -> dict:
-    """Median seconds and images/s of each contender, plus the run's overhead over the bare forward."""
+    """Median seconds and images/s of each contender, and the run's overhead over the bare forward
+    (``paired_ratio``)."""
     loaded = load_model("efficientnet-lite0")
     with tempfile.TemporaryDirectory() as tmp:
         folder = jpeg_folder(Path(tmp), per_photo)
@@ -62,7 +63,8 @@ def compare(
             "forward": lambda: bare_forward(folder, loaded, workers, batch),
             "dirscope": lambda: dirscope_run(folder, loaded, workers, batch, directions),
         }
-        med = race(contenders, rounds)  # warm-up included: kernels, page cache
+        times = race_rounds(contenders, rounds)  # warm-up included: kernels, page cache
+    med = medians(times)
     return {
         "images": n,
         "workers": workers,
@@ -70,5 +72,5 @@ def compare(
         "directions": directions,
         **{f"{name}_s": s for name, s in med.items()},
         **{f"{name}_ips": n / s for name, s in med.items()},
-        "overhead": med["dirscope"] / med["forward"] - 1,
+        "overhead": paired_ratio(times, "dirscope", "forward") - 1,
     }

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import dirscope
-from benchmarks.engine import race
+from benchmarks.engine import medians, paired_ratio, race_rounds
 from dirscope.data import load_data
 from dirscope.models import load_model
 
@@ -72,12 +72,14 @@ def dirscope_run(model, layer: str, images: np.ndarray, batch: int, directions: 
 
 
 def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions: str, batch: int, rounds: int):
-    """Median seconds of the bare forward and the dirscope run, alternated after one warm-up each."""
+    """Images/s of the bare forward and the dirscope run (medians, alternated after one warm-up each) and
+    the run's overhead, from the two runs of each round (``paired_ratio``)."""
     contenders = {
         "forward": lambda: bare_forward(module, images, batch),
         "dirscope": lambda: dirscope_run(model, layer, images, batch, directions),
     }
-    med = race(contenders, rounds)
+    times = race_rounds(contenders, rounds)
+    med = medians(times)
     n = images.shape[0]
     return {
         "images": n,
@@ -86,11 +88,11 @@ def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions
         "directions": directions,
         "forward_ips": n / med["forward"],
         "dirscope_ips": n / med["dirscope"],
-        "overhead": med["dirscope"] / med["forward"] - 1,
+        "overhead": paired_ratio(times, "dirscope", "forward") - 1,
     }
 
 
-def builtin_convnet(copies: int = 10, directions: str = "random:2048", rounds: int = 5) -> dict:
+def builtin_convnet(copies: int = 10, directions: str = "random:2048", rounds: int = 7) -> dict:
     """mnist-cnn at fc1 over ``copies`` copies of the held-out MNIST digits, so that the run's fixed costs
     (start-up, and the result tables, which grow with K x k, not with N) weigh as over a real dataset."""
     loaded = load_model("mnist-cnn")

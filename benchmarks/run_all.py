@@ -144,8 +144,9 @@ def pipeline_section() -> str:
     return f"""## Pipeline against the bare model
 
 {doc_body(pipeline)}
-Directions `{models[0]["directions"]}`, k = 64. `overhead` = dirscope run / bare forward - 1 (the issue's
-target: at most 10%). The run's start-up (a dry forward on two examples for the layer shapes, hashing
+Directions `{models[0]["directions"]}`, k = 64. `overhead` = dirscope run / bare forward - 1, the median over
+rounds of the two runs' ratio within a round (the issue's target: at most 10%); images/s are each
+contender's median. The run's start-up (a dry forward on two examples for the layer shapes, hashing
 the weights) counts in its time.
 
 {table(models, cols)}"""
@@ -193,7 +194,8 @@ def natural_section() -> str:
 
 {doc_body(imagenet)}
 {first["images"]} images, batches of {first["batch"]}, directions `{first["directions"]}` at `{imagenet.LAYER}`
-(1,280 units), k = 64. `overhead` = dirscope run / bare forward - 1 (the issue's target: at most 10%).
+(1,280 units), k = 64. `overhead` = dirscope run / bare forward - 1, the median over rounds of the ratio
+within a round (the issue's target: at most 10%).
 `workers` = DataLoader processes decoding the JPEGs (0: in the main process).
 
 {table(natural, cols)}"""
@@ -223,8 +225,9 @@ def main() -> None:
 Written by `make bench` (`python benchmarks/run_all.py`) on {datetime.now(timezone.utc):%Y-%m-%d}.
 Machine: {machine()}; {platform.platform()}.
 Every figure below was measured in the same run; each comparison alternates its contenders over several
-rounds and reports the median. Synthetic activations: ReLU of a Gaussian, float32, {args.rows:,} rows,
-batches of 4,096; directions are random unit vectors; k = 64 (top and bottom).
+rounds (in reverse order every other round) and reports the median. Synthetic activations: ReLU of a
+Gaussian, float32, {args.rows:,} rows, batches of 4,096; directions are random unit vectors; k = 64 (top
+and bottom).
 
 """
         + "\n\n".join(sections)

@@ -29,6 +29,19 @@ def test_pipeline_compare_reports_both_contenders():
     assert np.isclose(row["overhead"], row["forward_ips"] / row["dirscope_ips"] - 1)
 
 
+def test_race_rounds_alternate_which_contender_goes_first():
+    calls: list[str] = []
+    times = engine.race_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a-b, b-a, a-b
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_paired_ratio_cancels_a_load_that_slows_a_whole_round():
+    times = {"run": [1.1, 2.2, 1.1], "bare": [1.0, 2.0, 1.0]}  # round 2 ran on a loaded machine
+    assert engine.paired_ratio(times, "run", "bare") == 1.1
+    assert engine.medians(times) == {"run": 1.1, "bare": 1.0}
+
+
 def test_alternatives_race_whole_runs_and_tallies_alone():
     row = engine.engine_vs_alternatives(n=2_000, dim=16, n_dirs=8, k=4, batch=500, rounds=1)
     for design in ("engine", "store_all", "concat_resort"):

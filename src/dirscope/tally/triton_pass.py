@@ -3,17 +3,19 @@
 The eager pass (``device.block_stats``) costs many full-size temporaries and a scan of the candidate codes
 for every block. On an H200 (1M rows, K = 4,096, B = 16,384) the GEMM plus the tally took 58x the bf16
 projection GEMM alone eager, 15x with that pass compiled by ``torch.compile``, and 3.3x with this kernel
-(docs/benchmarks-gpu.md). Each program streams its row of the block [K, B], ``STEP`` tiles at a time, and:
+(docs/benchmarks-gpu.md). Each program streams its row of the block [K, B], ``STEP`` tiles at a time (the
+next step's loaded while this one is counted), and:
 
 - sums the float64 moments about the running mean, takes min, max and zeros, and counts the histogram on
-  the direction's current grid (values outside it go to an overflow bin);
+  the direction's current grid (values outside it are left out: the block then does not fit, and the
+  caller counts it again on a wider grid);
 - merges the block's moments into the running ones (Pébay, the CPU kernels' own formula) and writes the
   new state to separate buffers, so a block with a non-finite value leaves the tally untouched;
 - compacts the top and bottom candidates (values beyond the current k-th) in row order into scratch rows,
   re-reading only the tiles where the first read found some (a bit per tile), then merges them with the
   direction's current lists in registers: one sort of keys (value, position), where the current list
   comes before the candidates and candidates keep their row order, so equal values keep the lower dataset
-  index. The new lists go to separate buffers too.
+  index; a list without candidates is copied as it is. The new lists go to separate buffers too.
 
 A direction with more than ``cap`` candidates in one block is flagged; the caller then keeps the old lists
 and selects that block by the general path. ``flags`` gathers, over all directions: any non-finite, any
@@ -39,9 +41,10 @@ if TYPE_CHECKING:
 
 # Values per tile and warps per program: the fastest of six pairs on an H200 (K = 4,096, B = 16,384) before
 # STEP existed, 78 ms for 1M rows against 83 ms at (512, 8) and 98 ms at (1024, 8). STEP (a power of two, at
-# most 64): tiles loaded at once. The loop waits on memory (a tile is 512 bytes of bf16 per program, about
-# 3 KB in flight per SM at 80 registers a thread), so 2 doubles the loads in flight at the same 80
-# registers; not yet timed on a GPU (benchmarks/gpu_tune.py sweeps it).
+# most 64): tiles loaded at once. That kernel waited on memory (one 512-byte tile of bf16 in flight per
+# program, waited for at once); with STEP = 2 and the next step loaded ahead, two are in flight while two
+# are counted, at 88 registers a thread against 80 (benchmarks/triton_static.py, sm_90). Not yet timed on
+# a GPU: benchmarks/gpu_tune.py sweeps the three.
 TILE, NUM_WARPS, STEP = 256, 4, 2
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as triton.jit reads it, when this module loads
 
@@ -59,10 +62,17 @@ _pebay = _device_function(pebay_merge)
 
 @triton.jit
 def _tile_counts(x, valid, scale, off, n_bins, HIST_BINS: tl.constexpr):
-    """Histogram counts of a tile of float64 values on the grid floor(x * scale) - off, as ``count_bins``:
-    values outside the grid (and masked lanes) go to the overflow bin ``n_bins``, which is never stored."""
+    """Histogram counts of a tile of float64 values on the grid floor(x * scale) - off, as ``count_bins``;
+    values outside the grid and masked lanes are left out.
+
+    Masked out rather than sent to an overflow bin, so that ``HIST_BINS`` is ``n_bins`` (64 by default)
+    and not the next power of two above it. On sm_90 (Triton 3.9) a call is a clear of ``HIST_BINS``
+    shared-memory counters, one shared atomic increment a value and a read back, between barriers: the
+    bins cost only the clear and the read.
+    """
     t = tl.floor(x * scale) - off
-    return tl.histogram(tl.where(valid & (t >= 0) & (t < n_bins), t, n_bins).to(tl.int32), HIST_BINS)
+    inside = valid & (t >= 0) & (t < n_bins)
+    return tl.histogram(tl.where(inside, t, 0).to(tl.int32), HIST_BINS, mask=inside)
 
 
 @triton.jit
@@ -108,7 +118,23 @@ def _merged_list(
     list_v, list_i, cand_v, cand_i, n_found, k_top, sign, out_v, out_i,
     CAP: tl.constexpr, POS_BITS: tl.constexpr, SORT_BY_RANK: tl.constexpr,
 ):  # fmt: skip
-    """The new k-list of one direction: its current list (``k_top`` long) and ``n_found`` candidates, merged.
+    """The new k-list of one direction: its current list (``k_top`` long) and ``n_found`` candidates, merged;
+    without candidates (most blocks, once the lists are full), the list as it is, copied unsorted."""
+    if n_found == 0:
+        place = tl.arange(0, CAP)
+        kept = place < k_top
+        tl.store(out_v + place, tl.load(list_v + place, mask=kept), mask=kept)
+        tl.store(out_i + place, tl.load(list_i + place, mask=kept), mask=kept)
+    else:
+        _sorted_merge(list_v, list_i, cand_v, cand_i, n_found, k_top, sign, out_v, out_i, CAP, POS_BITS, SORT_BY_RANK)
+
+
+@triton.jit
+def _sorted_merge(
+    list_v, list_i, cand_v, cand_i, n_found, k_top, sign, out_v, out_i,
+    CAP: tl.constexpr, POS_BITS: tl.constexpr, SORT_BY_RANK: tl.constexpr,
+):  # fmt: skip
+    """The list and the candidates merged by one sort.
 
     Slot j < CAP is list entry j, slot CAP + c candidate c. The sort key is the value's order (``sign`` -1
     turns the bottom list into a top list), then the slot: earlier rows first among equal values, and all
@@ -173,10 +199,14 @@ def _block_pass(
     hits_bot = tl.zeros([TILE], tl.int32)
     hit_tiles = tl.zeros([TILE], tl.int64)  # per lane, bit t % 64 set if tile t has a candidate there
     steps = tl.arange(0, STEP)[:, None]
+    lanes = steps * TILE + tl.arange(0, TILE)[None, :]
+    ahead = tl.load(row + lanes, mask=lanes < n_cols, other=0.0)
     for start in range(0, n_cols, TILE * STEP):  # STEP tiles at once: more loads in flight, same sums
-        cols = start + steps * TILE + tl.arange(0, TILE)[None, :]
+        cols = start + lanes
         valid = cols < n_cols
-        x32 = tl.load(row + cols, mask=valid, other=0.0).to(tl.float32)
+        x32 = ahead.to(tl.float32)
+        # The next step's tiles, loaded now: in flight while these are counted, not waited for next time.
+        ahead = tl.load(row + cols + TILE * STEP, mask=cols + TILE * STEP < n_cols, other=0.0)
         x = x32.to(tl.float64)
         dev = tl.where(valid, x - shift, 0.0)
         dev2 = dev * dev
@@ -269,12 +299,19 @@ def _count_rows(
 
 def count_rows(v: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, off: torch.Tensor, bins: int) -> torch.Tensor:
     """Counts [len(rows), bins] of ``v[rows]`` on the grids ``floor(x * scale) - off`` (int64 ``rows``)."""
-    out = torch.empty(rows.numel(), bins, dtype=torch.int64, device=v.device)
-    _count_rows[(rows.numel(),)](
-        v, v.stride(0), v.shape[1], rows, scale, off, out, bins,
-        HIST_BINS=triton.next_power_of_2(bins + 1), TILE=TILE, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    out, args, constants = count_arguments(v, rows, scale, off, bins)
+    _count_rows[(rows.numel(),)](*args, **constants, num_warps=NUM_WARPS)
     return out
+
+
+def count_arguments(
+    v: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, off: torch.Tensor, bins: int
+) -> tuple[torch.Tensor, tuple, dict]:
+    """``count_rows``'s output and ``_count_rows``'s arguments and constants (benchmarks/triton_static.py
+    compiles the kernel from them, for a GPU it does not need)."""
+    out = torch.empty(rows.numel(), bins, dtype=torch.int64, device=v.device)
+    args = (v, v.stride(0), v.shape[1], rows, scale, off, out, bins)
+    return out, args, {"HIST_BINS": triton.next_power_of_2(bins), "TILE": TILE}
 
 
 @dataclass
@@ -311,6 +348,21 @@ def block_pass(
     ``rows`` holds the block's dataset indices, or is None when they are ``first_row, first_row + 1, ...``;
     ``cap`` (a power of two, at least k) is the room for candidates per direction.
     """
+    out, args, constants = pass_arguments(tally, v, rows, first_row, top_thr, bot_thr, cap)
+    _block_pass[(v.shape[0],)](*args, **constants, num_warps=NUM_WARPS)
+    return out
+
+
+def pass_arguments(
+    tally: DeviceTally,
+    v: torch.Tensor,
+    rows: torch.Tensor | None,
+    first_row: int,
+    top_thr: torch.Tensor,
+    bot_thr: torch.Tensor,
+    cap: int,
+) -> tuple[BlockPass, tuple, dict]:
+    """``block_pass``'s output buffers, and ``_block_pass``'s arguments and constants for them."""
     n_dirs, n_cols = v.shape
     out = BlockPass(
         *(torch.empty_like(getattr(tally, name)) for name in KERNEL_STATE),
@@ -319,7 +371,7 @@ def block_pass(
     )
     cand_v = torch.empty(2 * n_dirs, cap, dtype=torch.float32, device=v.device)
     cand_i = torch.empty(2 * n_dirs, cap, dtype=torch.int64, device=v.device)
-    _block_pass[(n_dirs,)](
+    args = (
         v, v.stride(0), n_cols, v if rows is None else rows, first_row, tally.count, int(tally.count == 0),
         tally.mean, tally.m2, tally.m3, tally.m4, tally.vmin, tally.vmax, tally.zeros, tally.hist,
         tally.hist_off, tally.scale, tally.hist_ready, top_thr, bot_thr,
@@ -327,7 +379,14 @@ def block_pass(
         out.mean, out.m2, out.m3, out.m4, out.vmin, out.vmax, out.zeros, out.hist,
         out.top_v, out.top_i, out.bot_v, out.bot_i,
         out.status, cand_v, cand_i, out.flags, n_dirs, tally.k, tally.bins,
-        ROWS_CONTIGUOUS=rows is None, CAP=cap, POS_BITS=(2 * cap - 1).bit_length(), SORT_BY_RANK=INTERPRETED,
-        HIST_BINS=triton.next_power_of_2(tally.bins + 1), TILE=TILE, STEP=STEP, num_warps=NUM_WARPS,
     )  # fmt: skip
-    return out
+    constants = {
+        "ROWS_CONTIGUOUS": rows is None,
+        "CAP": cap,
+        "POS_BITS": (2 * cap - 1).bit_length(),
+        "SORT_BY_RANK": INTERPRETED,
+        "HIST_BINS": triton.next_power_of_2(tally.bins),
+        "TILE": TILE,
+        "STEP": STEP,
+    }
+    return out, args, constants

@@ -7,9 +7,8 @@ then a kernel table.
 Each configuration times GEMM + DeviceTally over the same bf16 activations (``gpu.race``: medians of
 alternated, synchronised rounds) and is reported as a ratio to the GEMM alone. The fastest then runs once
 under ``torch.profiler``, whose table (by device time) shows where the tally's time goes. The library's
-default is ``triton_pass.TILE``, ``NUM_WARPS`` and ``STEP``; change it there after a sweep. ptxas gives
-(on sm_90, Triton 3.6) 80 registers a thread at (256, 4, 1) and (256, 4, 2), 111 at (256, 4, 4), 72 at
-(128, 4, 4), 71 at (256, 8, 4) and 104 at (512, 8, 2).
+default is ``triton_pass.TILE``, ``NUM_WARPS`` and ``STEP``; change it there after a sweep. Registers,
+spills and occupancy of each configuration: ``python benchmarks/triton_static.py`` (no GPU needed).
 """
 
 from __future__ import annotations

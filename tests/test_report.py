@@ -155,6 +155,19 @@ def test_report_embeds_example_images_up_to_a_size_then_keeps_them_beside_it(run
     assert sorted(folder.iterdir()) == sorted(folder / f"{row}.png" for row in stored)  # replaced whole
     assert all((folder / f"{row}.png").read_bytes() == stored.png(row) for row in stored)
 
+    monkeypatch.setattr(report_html, "EMBED_BYTES", stored.png_size())  # embedded again: the folder goes
+    write_report(runs["scored"], tmp_path / "my report.html")
+    assert not folder.exists()
+    assert all(src.startswith("data:") for src in page_data(tmp_path / "my report.html")["images"].values())
+
+
+def test_report_keeps_a_folder_of_the_same_name_that_it_did_not_write(runs, tmp_path):
+    folder = tmp_path / "r_images"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's own file")
+    write_report(runs["scored"], tmp_path / "r.html")
+    assert (folder / "notes.txt").exists()
+
 
 def test_report_without_scores_marks_them_not_computed(runs):
     data = page_data(write_report(runs["plain"], runs["plain"] / "other.html"))

@@ -18,7 +18,7 @@ from ..atomic import write_text
 from ..figures import FIGURE_ROWS, pick_directions, title_of
 from ..result import Result
 from ..rundir import read_run
-from .page import image_sources, json_number, render_page, write_image_folder
+from .page import image_sources, json_number, remove_image_folder, render_page, write_image_folder
 
 STAT_COLUMNS = ("mean", "std", "skew", "kurtosis", "min", "max", "zero_fraction")
 EMBED_BYTES = 64 << 20  # example PNGs a report embeds; more would make a page browsers open slowly, or not at all
@@ -35,13 +35,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     result = read_run(run_dir)
     target = Path(out) if out is not None else run_dir / "report.html"
     own_images = result.images.png_size() > EMBED_BYTES
-    if own_images:
-        sources = write_image_folder(result.images, target.with_name(f"{target.stem}_images"))
-    else:
-        sources = image_sources(result.images)
+    folder = target.with_name(f"{target.stem}_images")
+    sources = write_image_folder(result.images, folder) if own_images else image_sources(result.images)
     data = report_data(result, sources, _plots(result, run_dir))
     spec = result.manifest["model"]["spec"]
     write_text(target, render_page("report", f"dirscope report: {spec}", data, own_images))
+    if not own_images:
+        remove_image_folder(folder)  # an earlier report's of the same name, which this page no longer uses
     return target
 
 

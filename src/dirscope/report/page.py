@@ -89,6 +89,12 @@ def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
     return sources
 
 
+def remove_image_folder(folder: Path) -> None:
+    """Delete ``folder`` if it holds only what ``write_image_folder`` writes (``ROW.png`` files)."""
+    if folder.is_dir() and all(p.is_file() and p.suffix == ".png" and p.stem.isdigit() for p in folder.iterdir()):
+        shutil.rmtree(folder)
+
+
 def json_number(value: Any, digits: int | None = 4) -> float | None:
     """A float rounded to ``digits`` significant digits (None: exact), or None for NaN/inf/NA (JSON has no NaN)."""
     if value is None or value is pd.NA:

@@ -96,6 +96,13 @@ def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
     return statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
 
 
+def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float]:
+    """``name``'s time over ``base``'s, minus 1, two ways: the median of per-round ratios (``paired_ratio``),
+    and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side."""
+    med = medians(times)
+    return {"overhead": paired_ratio(times, name, base) - 1, "overhead_of_medians": med[name] / med[base] - 1}
+
+
 def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:
     x, v = synthetic(n, dim, n_dirs)
     t = race(

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import dirscope
-from benchmarks.engine import medians, paired_ratio, race_rounds
+from benchmarks.engine import medians, overheads, race_rounds
 from dirscope.data import load_data
 from dirscope.data.photos import PHOTOS, load_photo, photo_crops
 from dirscope.models import load_model
@@ -53,7 +53,7 @@ def compare(
     per_photo: int = 16, workers: int = 1, batch: int = 64, rounds: int = 5, directions: str = "basis,random:1024"
 ) -> dict:
     """Median seconds and images/s of each contender, and the run's overhead over the bare forward
-    (``paired_ratio``)."""
+    (``overheads``)."""
     loaded = load_model("efficientnet-lite0")
     with tempfile.TemporaryDirectory() as tmp:
         folder = jpeg_folder(Path(tmp), per_photo)
@@ -72,5 +72,5 @@ def compare(
         "directions": directions,
         **{f"{name}_s": s for name, s in med.items()},
         **{f"{name}_ips": n / s for name, s in med.items()},
-        "overhead": paired_ratio(times, "dirscope", "forward") - 1,
+        **overheads(times),
     }

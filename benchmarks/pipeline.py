@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import dirscope
-from benchmarks.engine import medians, paired_ratio, race_rounds
+from benchmarks.engine import medians, overheads, race_rounds
 from dirscope.data import load_data
 from dirscope.models import load_model
 
@@ -73,7 +73,7 @@ def dirscope_run(model, layer: str, images: np.ndarray, batch: int, directions: 
 
 def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions: str, batch: int, rounds: int):
     """Images/s of the bare forward and the dirscope run (medians, alternated after one warm-up each) and
-    the run's overhead, from the two runs of each round (``paired_ratio``)."""
+    the run's overhead, from the two runs of each round (``overheads``)."""
     contenders = {
         "forward": lambda: bare_forward(module, images, batch),
         "dirscope": lambda: dirscope_run(model, layer, images, batch, directions),
@@ -88,7 +88,7 @@ def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions
         "directions": directions,
         "forward_ips": n / med["forward"],
         "dirscope_ips": n / med["dirscope"],
-        "overhead": paired_ratio(times, "dirscope", "forward") - 1,
+        **overheads(times),
     }
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +27,8 @@ def test_pipeline_compare_reports_both_contenders():
     images = np.random.default_rng(0).standard_normal((80, 3, 32, 32), dtype=np.float32)
     row = pipeline.compare(net, net, "layer4", images, "random:8", batch=40, rounds=1)
     assert row["images"] == 80 and row["forward_ips"] > 0 and row["dirscope_ips"] > 0
-    assert np.isclose(row["overhead"], row["forward_ips"] / row["dirscope_ips"] - 1)
+    assert np.isclose(row["overhead"], row["forward_ips"] / row["dirscope_ips"] - 1)  # one round: both alike
+    assert np.isclose(row["overhead_of_medians"], row["overhead"])
 
 
 def test_race_rounds_alternate_which_contender_goes_first():
@@ -37,9 +39,10 @@ def test_race_rounds_alternate_which_contender_goes_first():
 
 
 def test_paired_ratio_cancels_a_load_that_slows_a_whole_round():
-    times = {"run": [1.1, 2.2, 1.1], "bare": [1.0, 2.0, 1.0]}  # round 2 ran on a loaded machine
-    assert engine.paired_ratio(times, "run", "bare") == 1.1
-    assert engine.medians(times) == {"run": 1.1, "bare": 1.0}
+    times = {"run": [1.1, 3.3, 1.2], "bare": [1.0, 3.0, 1.0]}  # round 2 ran on a loaded machine
+    assert engine.paired_ratio(times, "run", "bare") == pytest.approx(1.1)
+    assert engine.medians(times) == {"run": 1.2, "bare": 1.0}
+    assert engine.overheads(times, "run", "bare") == pytest.approx({"overhead": 0.1, "overhead_of_medians": 0.2})
 
 
 def test_alternatives_race_whole_runs_and_tallies_alone():

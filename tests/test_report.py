@@ -147,7 +147,7 @@ def test_report_embeds_example_images_up_to_a_size_then_keeps_them_beside_it(run
     monkeypatch.setattr(report_html, "EMBED_BYTES", stored.png_size() - 1)
     folder = tmp_path / "my report_images"
     folder.mkdir()
-    (folder / "stale.png").write_bytes(b"from an older report")
+    (folder / "999999.png").write_bytes(b"from an older report")
     text = write_report(runs["scored"], tmp_path / "my report.html").read_text()
     assert "img-src data: 'self';" in text
     sources = page_data(tmp_path / "my report.html")["images"]
@@ -161,12 +161,15 @@ def test_report_embeds_example_images_up_to_a_size_then_keeps_them_beside_it(run
     assert all(src.startswith("data:") for src in page_data(tmp_path / "my report.html")["images"].values())
 
 
-def test_report_keeps_a_folder_of_the_same_name_that_it_did_not_write(runs, tmp_path):
+def test_report_keeps_a_folder_of_the_same_name_that_it_did_not_write(runs, tmp_path, monkeypatch):
     folder = tmp_path / "r_images"
     folder.mkdir()
     (folder / "notes.txt").write_text("a user's own file")
-    write_report(runs["scored"], tmp_path / "r.html")
-    assert (folder / "notes.txt").exists()
+    write_report(runs["scored"], tmp_path / "r.html")  # embedded: the folder is not the report's to delete
+    monkeypatch.setattr(report_html, "EMBED_BYTES", 0)  # beside the page: refused rather than replaced
+    with pytest.raises(DirscopeError, match="r_images holds files a report did not write"):
+        write_report(runs["scored"], tmp_path / "r.html")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_report_without_scores_marks_them_not_computed(runs):

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from ..errors import DirscopeError
 from ..examples import ExampleImages
 
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -71,8 +72,10 @@ def image_sources(images: ExampleImages, rows: Iterable[int] | None = None) -> d
 
 
 def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
-    """Every example as ``FOLDER/ROW.png`` (the folder replaced whole), and each one's source relative to a
-    page in the folder's parent."""
+    """Every example as ``FOLDER/ROW.png`` (the folder replaced whole, if it holds only such files), and each
+    one's source relative to a page in the folder's parent."""
+    if folder.exists() and not _holds_only_images(folder):
+        raise DirscopeError(f"{folder} holds files a report did not write; move it, or write the report elsewhere")
     staging, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
     for stale in (staging, old):
         shutil.rmtree(stale, ignore_errors=True)
@@ -90,9 +93,14 @@ def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
 
 
 def remove_image_folder(folder: Path) -> None:
-    """Delete ``folder`` if it holds only what ``write_image_folder`` writes (``ROW.png`` files)."""
-    if folder.is_dir() and all(p.is_file() and p.suffix == ".png" and p.stem.isdigit() for p in folder.iterdir()):
+    """Delete ``folder`` if it holds only what ``write_image_folder`` writes."""
+    if folder.exists() and _holds_only_images(folder):
         shutil.rmtree(folder)
+
+
+def _holds_only_images(folder: Path) -> bool:
+    """Whether ``folder`` is a directory of ``ROW.png`` files only: one a report wrote, never a user's own."""
+    return folder.is_dir() and all(p.is_file() and p.suffix == ".png" and p.stem.isdigit() for p in folder.iterdir())
 
 
 def json_number(value: Any, digits: int | None = 4) -> float | None:

@@ -94,7 +94,7 @@ def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
 
 def remove_image_folder(folder: Path) -> None:
     """Delete ``folder`` if it holds only what ``write_image_folder`` writes."""
-    if folder.exists() and _holds_only_images(folder):
+    if _holds_only_images(folder):
         shutil.rmtree(folder)
 
 

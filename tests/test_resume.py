@@ -228,9 +228,27 @@ def test_checkpoints_follow_the_interval_plus_one_at_the_scan_end_and_none_when_
     written = []
     monkeypatch.setattr("dirscope.engine.save_checkpoint", lambda _out, meta, _arrays: written.append(meta))
     x, _ = tiny_data(60)
+    records = []
     for every, out in ((60.0, "a"), (0, "b")):
-        dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, batch_size=4, out=str(tmp_path / out), checkpoint_every=every)
+        result = dirscope.run(
+            TinyConv(), ["fc"], x, "basis", k=2, batch_size=4, out=str(tmp_path / out), checkpoint_every=every
+        )
+        records.append(result.manifest["checkpoints"])
     assert [meta["next_index"] for meta in written] == [60]  # not one per batch: only the scan's end
+    assert records[0]["every_s"] == 60.0 and records[0]["written"] == 1 and records[1] is None
+
+
+def test_the_manifest_records_how_many_checkpoints_were_written_and_their_time(tmp_path, monkeypatch):
+    def slow_save(_out, _meta, _arrays):
+        time.sleep(0.01)
+
+    monkeypatch.setattr("dirscope.engine.save_checkpoint", slow_save)
+    x, _ = tiny_data(60)
+    result = dirscope.run(TinyConv(), ["fc"], x, "basis", k=2, batch_size=4, out=str(tmp_path), checkpoint_every=1e-9)
+    record = json.loads((tmp_path / "manifest.json").read_text())["checkpoints"]
+    assert record == result.manifest["checkpoints"]
+    assert record["written"] == 15 + 1  # after each of the 15 batches, then once more at the scan's end
+    assert 0.01 * 16 <= record["seconds"] <= result.manifest["wall_time_s"]
 
 
 def test_a_crash_while_the_results_are_written_rescans_nothing(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ engine throughput against the bare forward. Writes a markdown report (default do
     the device: the projection GEMM alone, GEMM + DeviceTally (Triton pass and eager; moments, zeros, histograms
     included), and GEMM + a NetDissect-style running top-k that concatenates and re-selects every batch.
     bf16 on CUDA; float32 on the CPU, whose bf16 GEMMs are emulated. Median of rounds, synchronised.
-(c) `dirscope.run` images/s on mnist-cnn (fc1, basis + 2,048 random directions) against the bare forward
-    over the same loader.
+(c) `dirscope.run` images/s (basis + 2,048 random directions) against the bare forward over the same
+    loader: mnist-cnn at fc1 in float32, and a ResNet-18-shaped network at layer4 under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dirscope
+from benchmarks.pipeline import resnet18
 from dirscope.atomic import write_text
 from dirscope.data import load_data
 from dirscope.feeds import to_device
@@ -45,7 +47,8 @@ against the CPU run (same top-k and bottom-k indices, except rank swaps between 
 which it counts); (b) the issue's case, 1M rows, D = 2,048, 4,096 directions, top-64 and bottom-64 in bf16:
 the projection GEMM alone against GEMM + DeviceTally (moments, zeros and histograms included, its Triton
 pass and its eager fallback) and GEMM + a NetDissect-style concatenate-and-reselect top-k, as ratios to the
-GEMM (target: at most 3x); (c) `dirscope run` images/s on mnist-cnn against the bare forward.
+GEMM (target: at most 3x); (c) `dirscope run` images/s against the bare forward, on mnist-cnn and on a
+ResNet-18-shaped network under bf16 autocast.
 `--device cpu --rows 20000` runs the same code on the CPU as a smoke test. Results, with the card:
 [benchmarks-gpu.md](benchmarks-gpu.md)."""
 
@@ -181,32 +184,70 @@ def tally_vs_gemm(args: argparse.Namespace, dtype: torch.dtype) -> dict:
 # (c) engine throughput -----------------------------------------------------------------------------------
 
 
-def bare_forward(loaded, images: np.ndarray, batch: int, device: str) -> None:
-    with torch.inference_mode():
-        for b in load_data(images).batches(batch):
-            loaded.module(to_device(b.x, device))
+@dataclass
+class Case:
+    """One model of (c): what runs, at which layer, over which images, in which precision."""
+
+    name: str
+    model: object  # what dirscope.run gets: a loaded model or an nn.Module
+    module: torch.nn.Module  # what the bare forward calls
+    layer: str
+    images: np.ndarray
+    batch: int
+    autocast: str | None  # "bf16" or None (float32)
+
+
+def _autocast(device: str, precision: str | None):
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision is not None)
+
+
+def bare_forward(case: Case, device: str) -> None:
+    with torch.inference_mode(), _autocast(device, case.autocast):
+        for b in load_data(case.images).batches(case.batch):
+            case.module(to_device(b.x, device))
     sync(device)
 
 
-def engine_run(loaded, images: np.ndarray, batch: int, device: str, directions: str) -> None:
-    dirscope.run(loaded, ["fc1"], images, directions, k=64, batch_size=batch, device=device, progress=False)
+def engine_run(case: Case, device: str, directions: str) -> None:
+    dirscope.run(
+        case.model, [case.layer], case.images, directions, k=64, batch_size=case.batch, device=device,
+        autocast=case.autocast, progress=False,
+    )  # fmt: skip
     sync(device)
 
 
-def throughput(args: argparse.Namespace) -> dict:
-    say(f"(c) mnist-cnn over {args.images:,} images on {args.device}: dirscope run vs bare forward")
+def cases(args: argparse.Namespace) -> list[Case]:
+    """mnist-cnn at fc1 in float32, and a ResNet-18-shaped network at layer4 under bf16 autocast (a model
+    whose forward, not the run's fixed costs, sets the time)."""
     loaded = load_model("mnist-cnn", args.device)
-    images = np.random.default_rng(0).random((args.images, 1, 28, 28), dtype=np.float32)
+    digits = np.random.default_rng(0).random((args.images, 1, 28, 28), dtype=np.float32)
+    out = [Case("mnist-cnn", loaded, loaded.module, "fc1", digits, args.batch_images, None)]
+    if args.resnet_images:
+        net = resnet18().to(args.device)
+        photos = np.random.default_rng(1).standard_normal((args.resnet_images, 3, 224, 224), dtype=np.float32)
+        out.append(Case("ResNet-18 (random weights)", net, net, "layer4", photos, 256, "bf16"))
+    return out
+
+
+def throughput(args: argparse.Namespace) -> list[dict]:
     directions = f"basis,random:{args.engine_directions}"
-    t = race(
-        {
-            "forward": lambda: bare_forward(loaded, images, args.batch_images, args.device),
-            "dirscope": lambda: engine_run(loaded, images, args.batch_images, args.device, directions),
-        },
-        args.rounds,
-        args.device,
-    )
-    return {"times": t, "directions": directions}
+    return [case_throughput(case, args, directions) for case in cases(args)]
+
+
+def case_throughput(case: Case, args: argparse.Namespace, directions: str) -> dict:
+    n = len(case.images)
+    say(f"(c) {case.name} over {n:,} images on {args.device}: dirscope run vs bare forward")
+    contenders = {
+        "forward": lambda: bare_forward(case, args.device),
+        "dirscope": lambda: engine_run(case, args.device, directions),
+    }
+    t = race(contenders, args.rounds, args.device)
+    return {
+        "model": case.name, "layer": case.layer, "images": n, "batch": case.batch,
+        "precision": case.autocast or "float32", "directions": directions,
+        "forward_ips": n / t["forward"], "dirscope_ips": n / t["dirscope"],
+        "overhead": t["dirscope"] / t["forward"] - 1,
+    }  # fmt: skip
 
 
 # report ----------------------------------------------------------------------------------------------------
@@ -241,11 +282,15 @@ def check_table(check: dict) -> str:
     return "\n".join(f"| {c} |" if not c.startswith("-") else f"|{c}|" for c in cells)
 
 
-def report(args: argparse.Namespace, check: dict, bound: dict, engine: dict, wall: float) -> str:
-    t, e = bound["times"], engine["times"]
+def report(args: argparse.Namespace, check: dict, bound: dict, engine: list[dict], wall: float) -> str:
+    t = bound["times"]
     gemm = t["gemm"]
     rows = "\n".join(f"| {name} | {s * 1e3:.1f} | {s / gemm:.2f} |" for name, s in t.items())
-    n = args.images
+    throughput_rows = "\n".join(
+        f"| {r['model']} | {r['layer']} | {r['precision']} | {r['images']:,} | {r['batch']} | "
+        f"{r['forward_ips']:,.0f} | {r['dirscope_ips']:,.0f} | {r['overhead']:+.1%} |"
+        for r in engine
+    )
     return f"""# GPU benchmarks
 
 Written by `python benchmarks/gpu.py` on {datetime.now(timezone.utc):%Y-%m-%d} in {wall:.0f} s.
@@ -276,18 +321,17 @@ Top-{args.k} values of the device tally equal the baseline's: **{bound["same_top
 |---|---|---|
 {rows}
 
-## (c) Engine throughput: mnist-cnn, `dirscope run` against the bare forward
+## (c) Engine throughput: `dirscope run` against the bare forward
 
-{n:,} random 28x28 images in memory, batches of {args.batch_images}, layer fc1, directions `{engine["directions"]}`,
-k = 64; the same loader (pinned copies to the device) for both. The run stops its forward at fc1 and also
-builds its result (null sample, example images).
+Random images in memory, the same loader (pinned copies to the device) for both; directions
+`{engine[0]["directions"]}`, k = 64; median of {args.rounds} alternated rounds. The run stops its forward at the
+layer and also does its start-up (a dry forward, hashing the weights) and builds its result (null sample,
+example images, tables), costs that do not grow with the images: mnist-cnn's forward is so short that they
+dominate; the ResNet-18-shaped network (random weights, under bf16 autocast in both) is the realistic case.
 
-| contender | s | images/s |
-|---|---|---|
-| bare forward | {e["forward"]:.3f} | {n / e["forward"]:,.0f} |
-| dirscope run | {e["dirscope"]:.3f} | {n / e["dirscope"]:,.0f} |
-
-Overhead of the run over the bare forward: {e["dirscope"] / e["forward"] - 1:+.0%}.
+| model | layer | precision | images | batch | bare forward img/s | dirscope run img/s | overhead |
+|---|---|---|---|---|---|---|---|
+{throughput_rows}
 """
 
 
@@ -301,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16_384, help="rows per block in (b)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--images", type=int, default=60_000, help="images in (c)")
+    parser.add_argument("--images", type=int, default=60_000, help="mnist-cnn images in (c)")
+    parser.add_argument("--resnet-images", type=int, default=4096, help="ResNet-18 images in (c); 0: skip it")
     parser.add_argument("--batch-images", type=int, default=1024)
     parser.add_argument("--engine-directions", type=int, default=2048)
     parser.add_argument("--check-directions", default="basis,random:256")

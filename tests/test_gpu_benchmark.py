@@ -15,6 +15,7 @@ from benchmarks import gpu
 def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu.md"
     small = "--rows 600 --dim 32 --directions 48 --k 8 --batch 256 --rounds 1 --images 512 --batch-images 256"
+    small += " --resnet-images 64"
     rest = "--engine-directions 64 --check-limit 300 --device cpu --out"
     gpu.main([*small.split(), *rest.split(), str(out)])
     text = out.read_text()
@@ -26,7 +27,8 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
         "| device_tally |",
         "| device_tally_settle_each |",
         "| concat_reselect |",
-        "| dirscope run |",
+        "| mnist-cnn | fc1 | float32 | 512 | 256 |",
+        "| ResNet-18 (random weights) | layer4 | bf16 | 64 | 256 |",
     ):
         assert row in text
 

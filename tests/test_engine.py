@@ -225,6 +225,35 @@ def test_nonfinite_rows_are_excluded_counted_and_named(capsys):
     assert "3 examples with NaN/inf activations excluded" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tally", ["numba", "device"])
+def test_folding_each_batch_two_batches_late_changes_nothing(monkeypatch, tally):
+    from dirscope import engine
+
+    x = np.random.default_rng(1).normal(size=(60, 3)).astype(np.float32)
+    x[:, 0] = np.abs(x[:, 0])
+    x[[3, *range(16, 24), 41], 0] = -1.0  # non-finite rows, one batch of 8 entirely
+
+    def run():
+        settings = dict(k=5, batch_size=8, tally=tally, progress=False)
+        return dirscope.run(NaNOnMarked(), ["feat"], x, "basis,random:2", **settings)
+
+    at_once = run()
+    held, add = [], engine._Folds.add
+
+    def add_and_count(self, idx, acts):
+        add(self, idx, acts)
+        held.append(len(self.waiting))
+
+    monkeypatch.setattr(engine._Folds, "add", add_and_count)
+    monkeypatch.setattr(engine, "_fold_lag", lambda _device: 2)
+    late = run()
+    assert max(held) == 2 and len(held) == 8  # never more than two batches' projections held
+    pd.testing.assert_frame_equal(late.topk, at_once.topk)
+    pd.testing.assert_frame_equal(late.stats, at_once.stats)
+    assert late.manifest["layers"] == at_once.manifest["layers"]
+    assert late.manifest["layers"][0]["first_excluded_rows"] == [3, *range(16, 24), 41]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

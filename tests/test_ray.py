@@ -264,14 +264,22 @@ def test_shards_waiting_for_an_earlier_one_are_bounded_merge_in_order_and_checkp
     fake = SlowFirstShard()
     monkeypatch.setattr(rayscan, "absorb", lambda _plans, _log, shard: fake.merged.append(shard[0]))
     shards = [(i * 10, i * 10 + 10) for i in range(12)]
-    ticks = []
+    saved = []
 
     class Saver:
-        def tick(self, _plans, _log, next_index, _writer, force=False):
-            ticks.append((next_index, force))
+        """Due at every fifth merge."""
+
+        asked = 0
+
+        def due(self):
+            self.asked += 1
+            return self.asked % 5 == 0
+
+        def save(self, _plans, _log, next_index, _writer):
+            saved.append(next_index)
 
     progress = _Progress(start=0, total=120, bar=False, saver=Saver(), writer=None)
     rayscan._run_shards(fake, fake, None, shards, 2, [], None, progress)
     assert fake.merged == [start for start, _ in shards]
-    assert ticks == [(stop, stop == 120) for _, stop in shards]  # the last merge always checkpoints
+    assert saved == [50, 100, 120]  # when due, and after the last merge, due or not
     assert fake.most_held <= 2 * 2 - 1  # without the bound, all 11 later shards would wait in memory

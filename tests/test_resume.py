@@ -138,9 +138,11 @@ def crashed_run(tmp_path, crash_at: int, **kwargs):
     return dirscope.run(CrashAfter(None), **kwargs, out=out, resume=True, progress=False)
 
 
-# Forwards before the scan: 1 dry forward and 15 batches fitting pca; the scan has 15 batches.
-@pytest.mark.parametrize(("pool", "crash_at"), [("max", 18), ("max", 25), ("mean", 22)])
-def test_resume_after_a_crash_gives_identical_results(tmp_path, pool, crash_at):
+# Forwards before the scan: 1 dry forward and 15 batches fitting pca; the scan has 15 batches. Lag 1: each
+# batch folded after the next one's forward, as on a GPU (so a checkpoint must first fold the one waiting).
+@pytest.mark.parametrize(("pool", "crash_at", "lag"), [("max", 18, 0), ("max", 25, 0), ("mean", 22, 0), ("max", 25, 1)])
+def test_resume_after_a_crash_gives_identical_results(tmp_path, monkeypatch, pool, crash_at, lag):
+    monkeypatch.setattr("dirscope.engine._fold_lag", lambda _device: lag)
     x, y = tiny_data(120)
     x[17, 0, 0, 0] = np.nan  # a row excluded and counted, before any crash
     settings = dict(layers=["relu", "fc"], directions="basis,random:4,pca:2", k=4, pool=pool, batch_size=8)

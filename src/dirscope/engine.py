@@ -420,20 +420,22 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
     precision = AUTOCASTS[config.autocast]
     autocast = torch.autocast(torch.device(config.device).type, precision, enabled=precision is not None)
     next_index = None
+    folds = _Folds(plans, config.pool, _fold_lag(config.device))
     with bar, torch.inference_mode(), autocast:
         for idx, y, acts in feed.stream(config.batch_size, start=progress.start, limit=config.limit):
             log.add(idx, y)
             if progress.writer is not None:
                 progress.writer.add(idx, y, acts)
-            for plan in plans:
-                _fold(plan, acts[plan.name], idx, config.pool)
+            folds.add(idx, acts)
             bar.update(idx.size)
             next_index = int(idx[-1]) + 1
-            if progress.saver is not None:
-                progress.saver.tick(plans, log, next_index, progress.writer)
+            if progress.saver is not None and progress.saver.due():
+                folds.flush()
+                progress.saver.save(plans, log, next_index, progress.writer)
+        folds.flush()
     _settle(plans)
     if progress.saver is not None and next_index is not None:
-        progress.saver.tick(plans, log, next_index, progress.writer, force=True)
+        progress.saver.save(plans, log, next_index, progress.writer)  # a kill while results are written: no rescan
 
 
 def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:
@@ -446,18 +448,67 @@ def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:
             )
 
 
-def _fold(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> None:
+@dataclass
+class _Projected:
+    """One batch's projections for one layer, not yet in its tally: rows with non-finite activations are still
+    there, ``finite`` tells them apart."""
+
+    idx: np.ndarray
+    values: torch.Tensor  # float32 [K, B]
+    finite: torch.Tensor  # bool [B]
+    all_finite: torch.Tensor  # a bool on the device: reading it waits for the batch's forward pass
+
+
+class _Folds:
+    """Projects each batch at once and folds it into the tallies ``lag`` batches later.
+
+    On a GPU (lag 1) a batch is folded only once the next one's forward is queued: folding reads whether its
+    rows were finite, which waits for its forward, and the next forward then keeps the GPU busy meanwhile
+    (with lag 0 the GPU would idle while the CPU loads each batch). Projections [K, B] are small to hold.
+    """
+
+    def __init__(self, plans: list[LayerPlan], pool: str, lag: int) -> None:
+        self.plans, self.pool, self.lag = plans, pool, lag
+        self.waiting: list[list[_Projected]] = []
+
+    def add(self, idx: np.ndarray, acts: dict[str, torch.Tensor]) -> None:
+        self.waiting.append([_project(plan, acts[plan.name], idx, self.pool) for plan in self.plans])
+        while len(self.waiting) > self.lag:
+            self._fold_first()
+
+    def flush(self) -> None:
+        """Fold every waiting batch (before a checkpoint, and at the scan's end)."""
+        while self.waiting:
+            self._fold_first()
+
+    def _fold_first(self) -> None:
+        for plan, batch in zip(self.plans, self.waiting.pop(0), strict=True):
+            _fold(plan, batch)
+
+
+def _fold_lag(device: str) -> int:
+    """Batches a fold waits: one on a GPU (see ``_Folds``), none on the CPU, where reading is free."""
+    return int(torch.device(device).type != "cpu")
+
+
+def _project(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> _Projected:
+    """Every row projected, non-finite ones too (a row's projections depend on that row only)."""
     act = act.to(plan.vectors.device)  # a cache's rows arrive on the CPU
-    ok = finite_rows(act)
-    if not bool(ok.all()):
-        ok_np = ok.cpu().numpy()
-        bad = idx[~ok_np]
+    finite = finite_rows(act)
+    return _Projected(idx, project(act, plan.vectors, pool, plan.axis).float(), finite, finite.all())
+
+
+def _fold(plan: LayerPlan, batch: _Projected) -> None:
+    """The batch's finite rows into the layer's tally; the others counted and the first ones named."""
+    values, idx = batch.values, batch.idx
+    if not bool(batch.all_finite):
+        ok = batch.finite.cpu().numpy()
+        bad = idx[~ok]
         plan.excluded += int(bad.size)
         plan.first_excluded.extend(bad[: FIRST_OFFENDERS - len(plan.first_excluded)].tolist())
-        act, idx = act[ok], idx[ok_np]
+        values, idx = values[:, batch.finite], idx[ok]
         if idx.size == 0:
             return
-    values = project(act, plan.vectors, pool, plan.axis).float()
     with _overflow_named(plan):
         plan.tally.update(values if isinstance(plan.tally, DeviceTally) else values.cpu().numpy(), idx)
 
@@ -490,13 +541,12 @@ class _Saver:
         self.last = time.monotonic()
         self.written, self.seconds = 0, 0.0  # by this process, for the manifest
 
-    def tick(
-        self, plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None, force: bool = False
-    ) -> None:
-        """Checkpoint if ``every`` seconds have passed, or now with ``force`` (the scan's end: a kill while the
-        results are written then rescans nothing)."""
-        if not force and time.monotonic() - self.last < self.every:
-            return
+    def due(self) -> bool:
+        """Whether ``every`` seconds have passed since the last checkpoint."""
+        return time.monotonic() - self.last >= self.every
+
+    def save(self, plans: list[LayerPlan], log: ScanLog, next_index: int, writer: CacheWriter | None) -> None:
+        """Checkpoint the scan now: every row before ``next_index`` must be in the tallies."""
         _settle(plans)  # outside the timing: on a GPU it waits for work the scan would wait for anyway
         began = time.perf_counter()
         if writer is not None:

@@ -203,8 +203,8 @@ def _run_shards(
             while merged in finished:
                 absorb(plans, log, finished.pop(merged))
                 bar.update(shards[merged][1] - shards[merged][0])
-                if progress.saver is not None:
-                    progress.saver.tick(plans, log, shards[merged][1], None, force=merged == len(shards) - 1)
+                if progress.saver is not None and (progress.saver.due() or merged == len(shards) - 1):
+                    progress.saver.save(plans, log, shards[merged][1], None)
                 merged += 1
 
 

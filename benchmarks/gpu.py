@@ -292,14 +292,14 @@ def check_table(check: dict) -> str:
     return "\n".join(f"| {c} |" if not c.startswith("-") else f"|{c}|" for c in cells)
 
 
-def report(args: argparse.Namespace, check: dict, bound: dict, engine: list[dict], wall: float) -> str:
+def report(args: argparse.Namespace, check: dict, bound: dict, speeds: list[dict], wall: float) -> str:
     t = bound["times"]
     gemm = t["gemm"]
     rows = "\n".join(f"| {name} | {s * 1e3:.1f} | {s / gemm:.2f} |" for name, s in t.items())
     throughput_rows = "\n".join(
         f"| {r['model']} | {r['layer']} | {r['precision']} | {r['images']:,} | {r['batch']} | "
         f"{r['forward_ips']:,.0f} | {r['dirscope_ips']:,.0f} | {r['overhead']:+.1%} | {r['at_once_overhead']:+.1%} |"
-        for r in engine
+        for r in speeds
     )
     return f"""# GPU benchmarks
 
@@ -334,7 +334,7 @@ Top-{args.k} values of the device tally equal the baseline's: **{bound["same_top
 ## (c) Engine throughput: `dirscope run` against the bare forward
 
 Random images in memory, the same loader (pinned copies to the device) for both; directions
-`{engine[0]["directions"]}`, k = 64; median of {args.rounds} alternated rounds. The run stops its forward at the
+`{speeds[0]["directions"]}`, k = 64; median of {args.rounds} alternated rounds. The run stops its forward at the
 layer and also does its start-up (a dry forward, hashing the weights) and builds its result (null sample,
 example images, tables), costs that do not grow with the images: mnist-cnn's forward is so short that they
 dominate; the ResNet-18-shaped network (random weights, under bf16 autocast in both) is the realistic case.
@@ -381,8 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     say(f"(a) {check}")
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     bound = tally_vs_gemm(args, dtype)
-    engine = throughput(args)
-    text = report(args, check, bound, engine, time.perf_counter() - started)
+    speeds = throughput(args)
+    text = report(args, check, bound, speeds, time.perf_counter() - started)
     write_text(args.out, text)
     say(f"wrote {args.out}")
     print(text)

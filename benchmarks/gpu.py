@@ -198,12 +198,8 @@ class Case:
     autocast: str | None  # "bf16" or None (float32)
 
 
-def _autocast(device: str, precision: str | None):
-    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision is not None)
-
-
 def bare_forward(case: Case, device: str) -> None:
-    with torch.inference_mode(), _autocast(device, case.autocast):
+    with torch.inference_mode(), engine.autocast_for(device, case.autocast):
         for b in load_data(case.images).batches(case.batch):
             case.module(to_device(b.x, device))
     sync(device)

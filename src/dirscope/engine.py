@@ -417,8 +417,7 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
         desc="scanning",
         file=sys.stderr,
     )
-    precision = AUTOCASTS[config.autocast]
-    autocast = torch.autocast(torch.device(config.device).type, precision, enabled=precision is not None)
+    autocast = autocast_for(config.device, config.autocast)
     next_index = None
     folds = _Folds(plans, config.pool, _fold_lag(config.device))
     with bar, torch.inference_mode(), autocast:
@@ -436,6 +435,12 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
     _settle(plans)
     if progress.saver is not None and next_index is not None:
         progress.saver.save(plans, log, next_index, progress.writer)  # a kill while results are written: no rescan
+
+
+def autocast_for(device: str, name: str | None) -> torch.autocast:
+    """The scan's autocast context for ``--autocast NAME`` (None: disabled, float32)."""
+    precision = AUTOCASTS[name]
+    return torch.autocast(torch.device(device).type, precision, enabled=precision is not None)
 
 
 def _check_counts(plans: list[LayerPlan], config: RunConfig) -> None:

@@ -80,3 +80,27 @@ def test_finite_rows():
     act[1, 0, 2] = float("nan")
     act[3, 1, 1] = float("-inf")
     assert proj.finite_rows(act).tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_rows_whose_sums_overflow_are_still_finite(dtype):
+    """The row-sum shortcut must fall back to checking values: huge finite rows overflow their sum."""
+    big = torch.finfo(dtype).max
+    act = torch.full((5, 6), big, dtype=dtype)
+    act[1, 3] = float("inf")
+    act[2, 0], act[2, 1] = float("inf"), float("-inf")
+    act[3] = 1.0
+    act[4, 5] = float("nan")
+    assert torch.isinf(act[0].sum())
+    assert proj.finite_rows(act).tolist() == [True, False, False, True, False]
+
+
+def test_finite_rows_agree_with_a_check_of_every_value():
+    gen = torch.Generator().manual_seed(0)
+    act = torch.randn(64, 3, 5, generator=gen) * 1e37
+    spots = torch.randint(0, act.numel(), (20,), generator=gen)
+    act.view(-1)[spots[:10]] = float("nan")
+    act.view(-1)[spots[10:]] = float("inf")
+    expected = [bool(torch.isfinite(row).all()) for row in act]
+    assert proj.finite_rows(act).tolist() == expected
+    assert proj.finite_rows(act[torch.tensor(expected)]).all()

@@ -51,5 +51,16 @@ def project(act: torch.Tensor, directions: torch.Tensor, pool: Pool, axis: int) 
 
 
 def finite_rows(act: torch.Tensor) -> torch.Tensor:
-    """Boolean [B]: rows whose activations are all finite."""
-    return torch.isfinite(act.reshape(act.shape[0], -1)).all(dim=1)
+    """Boolean [B]: rows whose activations are all finite.
+
+    On the CPU the row sums answer first, at a fraction of the cost: a NaN or an infinity makes its row's
+    sum non-finite, so finite sums clear every row. Only when some sum is not finite (a non-finite value, or
+    finite values whose sum overflows) is each value checked. On a GPU that test would wait for the batch's
+    forward pass, so every value is checked there.
+    """
+    flat = act.reshape(act.shape[0], -1)
+    if flat.device.type == "cpu":
+        sums_finite = torch.isfinite(flat.sum(dim=1))
+        if bool(sums_finite.all()):
+            return sums_finite
+    return torch.isfinite(flat).all(dim=1)

@@ -98,9 +98,16 @@ def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
 
 def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float]:
     """``name``'s time over ``base``'s, minus 1, two ways: the median of per-round ratios (``paired_ratio``),
-    and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side."""
+    and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side;
+    ``overhead_spread`` is the quartiles of the per-round ratios, minus 1, which show how far rounds scatter."""
     med = medians(times)
-    return {"overhead": paired_ratio(times, name, base) - 1, "overhead_of_medians": med[name] / med[base] - 1}
+    ratios = [t / b - 1 for t, b in zip(times[name], times[base], strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {
+        "overhead": paired_ratio(times, name, base) - 1,
+        "overhead_of_medians": med[name] / med[base] - 1,
+        "overhead_spread": f"{q1:.3f} to {q3:.3f}",
+    }
 
 
 def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:

@@ -70,6 +70,7 @@ def compare(
         "workers": workers,
         "batch": batch,
         "directions": directions,
+        "rounds": rounds,
         **{f"{name}_s": s for name, s in med.items()},
         **{f"{name}_ips": n / s for name, s in med.items()},
         **overheads(times),

@@ -86,13 +86,14 @@ def compare(model, module: nn.Module, layer: str, images: np.ndarray, directions
         "batch": batch,
         "layer": layer,
         "directions": directions,
+        "rounds": rounds,
         "forward_ips": n / med["forward"],
         "dirscope_ips": n / med["dirscope"],
         **overheads(times),
     }
 
 
-def builtin_convnet(copies: int = 10, directions: str = "random:2048", rounds: int = 7) -> dict:
+def builtin_convnet(copies: int = 10, directions: str = "random:2048", rounds: int = 15) -> dict:
     """mnist-cnn at fc1 over ``copies`` copies of the held-out MNIST digits, so that the run's fixed costs
     (start-up, and the result tables, which grow with K x k, not with N) weigh as over a real dataset."""
     loaded = load_model("mnist-cnn")
@@ -101,7 +102,7 @@ def builtin_convnet(copies: int = 10, directions: str = "random:2048", rounds: i
     return {"model": "mnist-cnn", **compare(loaded, loaded.module, "fc1", images, directions, 256, rounds)}
 
 
-def resnet18_shaped(n: int = 512, directions: str = "random:2048", rounds: int = 5) -> dict:
+def resnet18_shaped(n: int = 512, directions: str = "random:2048", rounds: int = 7) -> dict:
     """ResNet-18 with random weights at layer4 (512 channels, 7 x 7, max-pooled projections) over n images."""
     net = resnet18()
     images = np.random.default_rng(0).standard_normal((n, 3, 224, 224), dtype=np.float32)

@@ -139,7 +139,9 @@ def pipeline_section() -> str:
         ("batch", "batch"),
         ("forward_ips", "bare forward img/s"),
         ("dirscope_ips", "dirscope run img/s"),
+        ("rounds", "rounds"),
         ("overhead", "overhead"),
+        ("overhead_spread", "rounds' quartiles"),
         ("overhead_of_medians", "of medians"),
     ]
     return f"""## Pipeline against the bare model
@@ -147,8 +149,9 @@ def pipeline_section() -> str:
 {doc_body(pipeline)}
 Directions `{models[0]["directions"]}`, k = 64. `overhead` = dirscope run / bare forward - 1, the median over
 rounds of the two runs' ratio within a round (the issue's target: at most 10%), which cancels a load that
-slows both runs of a round; images/s are each contender's median, and `of medians` is their ratio - 1,
-which keeps such a load (shown for comparison). The run's start-up (a dry forward on two examples for the
+slows both runs of a round; `rounds' quartiles` are the quartiles of those ratios - 1, which show how far
+single rounds scatter on this shared machine; images/s are each contender's median, and `of medians` is
+their ratio - 1, which keeps such a load (shown for comparison). The run's start-up (a dry forward on two examples for the
 layer shapes, hashing the weights) counts in its time.
 
 {table(models, cols)}"""
@@ -189,7 +192,9 @@ def natural_section() -> str:
         ("decode_ips", "decode only img/s"),
         ("forward_ips", "bare forward img/s"),
         ("dirscope_ips", "dirscope run img/s"),
+        ("rounds", "rounds"),
         ("overhead", "overhead"),
+        ("overhead_spread", "rounds' quartiles"),
         ("overhead_of_medians", "of medians"),
     ]
     first = natural[0]
@@ -198,7 +203,7 @@ def natural_section() -> str:
 {doc_body(imagenet)}
 {first["images"]} images, batches of {first["batch"]}, directions `{first["directions"]}` at `{imagenet.LAYER}`
 (1,280 units), k = 64. `overhead` = dirscope run / bare forward - 1, the median over rounds of the ratio
-within a round (the issue's target: at most 10%); `of medians` = the ratio of the two medians - 1, as above.
+within a round (the issue's target: at most 10%); `rounds' quartiles` and `of medians` as above.
 `workers` = DataLoader processes decoding the JPEGs (0: in the main process).
 
 {table(natural, cols)}"""

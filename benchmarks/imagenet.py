@@ -50,7 +50,7 @@ def dirscope_run(folder: Path, loaded, workers: int, batch: int, directions: str
 
 
 def compare(
-    per_photo: int = 16, workers: int = 1, batch: int = 64, rounds: int = 5, directions: str = "basis,random:1024"
+    per_photo: int = 16, workers: int = 1, batch: int = 64, rounds: int = 7, directions: str = "basis,random:1024"
 ) -> dict:
     """Median seconds and images/s of each contender, and the run's overhead over the bare forward
     (``overheads``)."""

@@ -151,8 +151,8 @@ Directions `{models[0]["directions"]}`, k = 64. `overhead` = dirscope run / bare
 rounds of the two runs' ratio within a round (the issue's target: at most 10%), which cancels a load that
 slows both runs of a round; `rounds' quartiles` are the quartiles of those ratios - 1, which show how far
 single rounds scatter on this shared machine; images/s are each contender's median, and `of medians` is
-their ratio - 1, which keeps such a load (shown for comparison). The run's start-up (a dry forward on two examples for the
-layer shapes, hashing the weights) counts in its time.
+their ratio - 1, which keeps such a load (shown for comparison). The run's start-up (a dry forward on two
+examples for the layer shapes, hashing the weights) counts in its time.
 
 {table(models, cols)}"""
 

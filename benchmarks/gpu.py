@@ -31,11 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dirscope
-from benchmarks.pipeline import resnet18
+from benchmarks import pipeline
 from dirscope import engine
 from dirscope.atomic import write_text
-from dirscope.data import load_data
-from dirscope.feeds import to_device
 from dirscope.models import load_model
 from dirscope.tally.device import DeviceTally
 
@@ -199,9 +197,7 @@ class Case:
 
 
 def bare_forward(case: Case, device: str) -> None:
-    with torch.inference_mode(), engine.autocast_for(device, case.autocast):
-        for b in load_data(case.images).batches(case.batch):
-            case.module(to_device(b.x, device))
+    pipeline.bare_forward(case.module, case.images, case.batch, device, case.autocast)
     sync(device)
 
 
@@ -228,7 +224,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
     digits = np.random.default_rng(0).random((args.images, 1, 28, 28), dtype=np.float32)
     out = [Case("mnist-cnn", loaded, loaded.module, "fc1", digits, args.batch_images, None)]
     if args.resnet_images:
-        net = resnet18().to(args.device)
+        net = pipeline.resnet18().to(args.device)
         photos = np.random.default_rng(1).standard_normal((args.resnet_images, 3, 224, 224), dtype=np.float32)
         out.append(Case("ResNet-18 (random weights)", net, net, "layer4", photos, 256, "bf16"))
     return out

@@ -18,6 +18,8 @@ from torch import nn
 import dirscope
 from benchmarks.engine import medians, overheads, race_rounds
 from dirscope.data import load_data
+from dirscope.engine import autocast_for
+from dirscope.feeds import to_device
 from dirscope.models import load_model
 
 
@@ -61,10 +63,13 @@ def resnet18(num_classes: int = 1000, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def bare_forward(module: nn.Module, images: np.ndarray, batch: int) -> None:
-    with torch.inference_mode():
+def bare_forward(
+    module: nn.Module, images: np.ndarray, batch: int, device: str = "cpu", autocast: str | None = None
+) -> None:
+    """The model alone over the loader dirscope reads, each batch moved to ``device`` as a run moves it."""
+    with torch.inference_mode(), autocast_for(device, autocast):
         for b in load_data(images).batches(batch):
-            module(b.x)
+            module(to_device(b.x, device))
 
 
 def dirscope_run(model, layer: str, images: np.ndarray, batch: int, directions: str) -> None:

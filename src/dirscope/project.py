@@ -55,12 +55,12 @@ def finite_rows(act: torch.Tensor) -> torch.Tensor:
 
     On the CPU the row sums answer first, at a fraction of the cost: a NaN or an infinity makes its row's
     sum non-finite, so finite sums clear every row. Only when some sum is not finite (a non-finite value, or
-    finite values whose sum overflows) is each value checked. On a GPU that test would wait for the batch's
-    forward pass, so every value is checked there.
+    finite values whose sum overflows; float16 is summed in float32, so that is rare) is each value checked.
+    On a GPU that test would wait for the batch's forward pass, so every value is checked there.
     """
     flat = act.reshape(act.shape[0], -1)
     if flat.device.type == "cpu":
-        sums_finite = torch.isfinite(flat.sum(dim=1))
+        sums_finite = torch.isfinite(flat.sum(dim=1, dtype=torch.promote_types(flat.dtype, torch.float32)))
         if bool(sums_finite.all()):
             return sums_finite
     return torch.isfinite(flat).all(dim=1)

@@ -96,7 +96,7 @@ def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
     return statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
 
 
-def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float]:
+def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float | str]:
     """``name``'s time over ``base``'s, minus 1, two ways: the median of per-round ratios (``paired_ratio``),
     and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side;
     ``overhead_spread`` is the quartiles of the per-round ratios, minus 1, which show how far rounds scatter."""

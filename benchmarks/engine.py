@@ -93,7 +93,12 @@ def race(contenders: dict[str, Callable[[], object]], rounds: int = 5) -> dict[s
 def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
     """The median over rounds of ``name``'s time over ``base``'s in the same round: a load that comes and
     goes over minutes slows both runs of a round, and cancels, where a ratio of the two medians keeps it."""
-    return statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
+    return statistics.median(round_ratios(times, name, base))
+
+
+def round_ratios(times: dict[str, list[float]], name: str, base: str) -> list[float]:
+    """``name``'s time over ``base``'s in each round."""
+    return [t / b for t, b in zip(times[name], times[base], strict=True)]
 
 
 def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float | str]:
@@ -101,12 +106,12 @@ def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str =
     and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side;
     ``overhead_spread`` is the quartiles of the per-round ratios, minus 1, which show how far rounds scatter."""
     med = medians(times)
-    ratios = [t / b - 1 for t, b in zip(times[name], times[base], strict=True)]
+    ratios = round_ratios(times, name, base)
     q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {
         "overhead": paired_ratio(times, name, base) - 1,
         "overhead_of_medians": med[name] / med[base] - 1,
-        "overhead_spread": f"{q1:.3f} to {q3:.3f}",
+        "overhead_spread": f"{q1 - 1:.3f} to {q3 - 1:.3f}",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,7 +33,7 @@ def streams(draw):
     n_dirs = draw(st.integers(1, 6))
     n = draw(st.integers(1, 120))
     k = draw(st.integers(1, 12))
-    kind = draw(st.sampled_from(["ties", "floats", "zeros", "constant", "wide"]))
+    kind = draw(st.sampled_from(["ties", "floats", "zeros", "constant", "wide", "signed_zeros"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if kind == "ties":
         values = rng.integers(-3, 4, size=(n_dirs, n)).astype(np.float32)
@@ -40,6 +41,8 @@ def streams(draw):
         values = np.maximum(rng.normal(size=(n_dirs, n)), 0).astype(np.float32)  # ReLU-like, many exact zeros
     elif kind == "constant":
         values = np.full((n_dirs, n), draw(st.sampled_from([0.0, -2.5, 1e-30, 7e20])), np.float32)
+    elif kind == "signed_zeros":  # -0.0 and +0.0 are equal, and the smallest subnormals are not 0
+        values = rng.choice(np.array([-0.0, 0.0, -1e-45, 1e-45, -1.0], np.float32), size=(n_dirs, n))
     elif kind == "wide":
         values = (rng.normal(size=(n_dirs, n)) * 10.0 ** rng.integers(-20, 20, size=(n_dirs, n))).astype(np.float32)
     else:
@@ -88,6 +91,28 @@ def test_long_blocks_with_ties_across_filter_chunks(k):
     r = tally.result()
     np.testing.assert_array_equal(r.top_indices, brute_top(values, indices, k, True))
     np.testing.assert_array_equal(r.bottom_indices, brute_top(values, indices, k, False))
+
+
+def test_result_does_not_depend_on_the_number_of_threads():
+    """Directions are split among threads in runs; each run is folded by one thread in row order."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(7, 900)).astype(np.float32)
+    indices = np.arange(900, dtype=np.int64)
+    states = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            tally = Tally(7, 16)
+            feed(tally, values, indices, [100, 613])
+            states.append(tally.state_dict())
+    finally:
+        numba.set_num_threads(before)
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(states[-1][key]), err_msg=key)
+    r = Tally.from_state_dict(states[0]).result()
+    np.testing.assert_array_equal(r.top_indices, brute_top(values, indices, 16, True))
+    np.testing.assert_array_equal(r.min, values.min(1))
 
 
 def assert_histogram_exact(r, x: np.ndarray) -> None:

@@ -57,39 +57,56 @@ def _merge_moments(n_a, mean_a, m2_a, m3_a, m4_a, n_b, mean_b, m2_b, m3_b, m4_b)
 _CHUNK = 64
 
 
-@nb.njit(fastmath={"nnan", "nsz"}, cache=True)
-def _chunk_min_max(row, cmin, cmax):  # pragma: no cover - jit
-    """Fill ``cmin``/``cmax`` with each chunk's extremes of a finite row; return the row's, as float64.
+@nb.njit(cache=True, inline="always")
+def _order_key(bits):  # pragma: no cover - jit
+    """The int32 whose order is the order of the float32 with these bits (and back: it is its own inverse).
 
-    Its own function with its own flags: a min/max reduction vectorises only when NaN can be ignored, which
-    holds here because the caller has already rejected rows whose sums are not finite.
+    numba's float min and max do not vectorise; integer ones do (0.14 against 0.36 ns a value, one thread).
     """
+    return bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF))
+
+
+@nb.njit(cache=True, inline="always")
+def _bits_min_max(bits, start, stop):  # pragma: no cover - jit
+    """The float32 bits of the least and the greatest value of ``bits[start:stop]``, compared as order keys."""
+    lo = np.int32(0x7FFFFFFF)
+    hi = np.int32(-0x80000000)
+    for b in range(start, stop):
+        key = _order_key(bits[b])
+        lo = min(lo, key)
+        hi = max(hi, key)
+    return _order_key(lo), _order_key(hi)
+
+
+@nb.njit(cache=True)
+def _chunk_min_max(row, cmin, cmax):  # pragma: no cover - jit
+    """Fill ``cmin``/``cmax`` with each chunk's extremes of a finite float32 row; return the row's, as float64.
+
+    Compared as order keys (``_order_key``), which needs no NaN: the caller has already rejected rows whose
+    sums are not finite. -0.0 comes out below 0.0, which is harmless: every later use compares floats, to
+    which the two are equal.
+    """
+    bits = row.view(np.int32)
+    lo_bits = cmin.view(np.int32)
+    hi_bits = cmax.view(np.int32)
     n_rows = row.shape[0]
     full = n_rows // _CHUNK
     for j in range(full):  # a constant trip count, which vectorises better than a clipped one
-        start = j * _CHUNK
-        lo = row[start]
-        hi = row[start]
-        for b in range(start + 1, start + _CHUNK):
-            lo = min(lo, row[b])
-            hi = max(hi, row[b])
-        cmin[j] = lo
-        cmax[j] = hi
+        lo_bits[j], hi_bits[j] = _bits_min_max(bits, j * _CHUNK, j * _CHUNK + _CHUNK)
     if full < cmin.shape[0]:
-        start = full * _CHUNK
-        lo = row[start]
-        hi = row[start]
-        for b in range(start + 1, n_rows):
-            lo = min(lo, row[b])
-            hi = max(hi, row[b])
-        cmin[full] = lo
-        cmax[full] = hi
+        lo_bits[full], hi_bits[full] = _bits_min_max(bits, full * _CHUNK, n_rows)
     lo = cmin[0]
     hi = cmax[0]
     for j in range(1, cmin.shape[0]):
         lo = min(lo, cmin[j])
         hi = max(hi, cmax[j])
     return np.float64(lo), np.float64(hi)
+
+
+@nb.njit(cache=True, inline="always")
+def _scratch(n_rows, n_bins):  # pragma: no cover - jit
+    """Scratch for ``_count_bins``: each value's bin, and four partial histograms."""
+    return np.empty(n_rows, np.uint32), np.empty((4, n_bins), np.int64)
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
@@ -118,6 +135,47 @@ def _insert_asc(vals, idxs, filled, value, index):  # pragma: no cover - jit
     idxs[pos] = index
 
 
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _add_moments(row, n_seen, c, mean, m2, m3, m4):  # pragma: no cover - jit
+    """Merge ``row``'s moments into direction ``c``'s; return whether they were finite (else nothing changes)
+    and how many values were exactly 0."""
+    n_rows = row.shape[0]
+    shift = mean[c] if n_seen > 0 else np.float64(row[0])
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    z = 0
+    for b in range(n_rows):
+        v = np.float64(row[b])
+        d = v - shift
+        d2 = d * d
+        s1 += d
+        s2 += d2
+        s3 += d2 * d
+        s4 += d2 * d2
+        z += v == 0.0
+    if not np.isfinite(s4 + s1):
+        return False, z
+    mu = s1 / n_rows
+    bm2 = s2 - n_rows * mu * mu
+    bm3 = s3 - 3.0 * mu * s2 + 2.0 * n_rows * mu * mu * mu
+    bm4 = s4 - 4.0 * mu * s3 + 6.0 * mu * mu * s2 - 3.0 * n_rows * mu * mu * mu * mu
+    mean[c], m2[c], m3[c], m4[c] = _merge_moments(
+        np.float64(n_seen),
+        mean[c],
+        m2[c],
+        m3[c],
+        m4[c],
+        np.float64(n_rows),
+        shift + mu,
+        max(bm2, 0.0),
+        bm3,
+        max(bm4, 0.0),
+    )
+    return True, z
+
+
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def update_kernel(
     values,
@@ -141,62 +199,40 @@ def update_kernel(
     hist_ready,
     needs_rebin,
     nonfinite,
+    n_parts,
 ):  # pragma: no cover - jit
-    """Fold one block ``values[K, B]`` (rows ``indices``, increasing and beyond all seen) into the state."""
+    """Fold one block ``values[K, B]`` (rows ``indices``, increasing and beyond all seen) into the state.
+
+    The directions are split into ``n_parts`` runs of consecutive directions (one per thread, say), and each
+    run is folded in order by one thread with its own scratch, so the result does not depend on the split.
+    """
     n_dirs, n_rows = values.shape
     n_bins = hist.shape[1]
-    for c in nb.prange(n_dirs):
-        row = values[c]
-        shift = mean[c] if n_seen > 0 else np.float64(row[0])
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        s4 = 0.0
-        z = 0
-        for b in range(n_rows):
-            v = np.float64(row[b])
-            d = v - shift
-            d2 = d * d
-            s1 += d
-            s2 += d2
-            s3 += d2 * d
-            s4 += d2 * d2
-            z += v == 0.0
-        if not np.isfinite(s4 + s1):
-            nonfinite[c] = True
-            continue
-        mu = s1 / n_rows
-        bm2 = s2 - n_rows * mu * mu
-        bm3 = s3 - 3.0 * mu * s2 + 2.0 * n_rows * mu * mu * mu
-        bm4 = s4 - 4.0 * mu * s3 + 6.0 * mu * mu * s2 - 3.0 * n_rows * mu * mu * mu * mu
-        mean[c], m2[c], m3[c], m4[c] = _merge_moments(
-            np.float64(n_seen),
-            mean[c],
-            m2[c],
-            m3[c],
-            m4[c],
-            np.float64(n_rows),
-            shift + mu,
-            max(bm2, 0.0),
-            bm3,
-            max(bm4, 0.0),
-        )
-        cmin = np.empty((n_rows + _CHUNK - 1) // _CHUNK, row.dtype)
+    for part in nb.prange(n_parts):
+        # Scratch once per thread, not per direction: each allocation updates numba's shared atomic counters.
+        cmin = np.empty((n_rows + _CHUNK - 1) // _CHUNK, values.dtype)
         cmax = np.empty_like(cmin)
-        lo, hi = _chunk_min_max(row, cmin, cmax)
-        zeros[c] += z
-        vmin[c] = min(vmin[c], lo)
-        vmax[c] = max(vmax[c], hi)
+        bins, lanes = _scratch(n_rows, n_bins)
+        for c in range(part * n_dirs // n_parts, (part + 1) * n_dirs // n_parts):
+            row = values[c]
+            finite, z = _add_moments(row, n_seen, c, mean, m2, m3, m4)
+            if not finite:
+                nonfinite[c] = True
+                continue
+            lo, hi = _chunk_min_max(row, cmin, cmax)
+            zeros[c] += z
+            vmin[c] = min(vmin[c], lo)
+            vmax[c] = max(vmax[c], hi)
 
-        scale = hist_scale[c]
-        off = hist_off[c]
-        # Compared in float64 (floor(v*s) - off >= 0 iff v*s >= off), so huge ratios never overflow int64.
-        if hist_ready[c] and lo * scale >= off and hi * scale < off + n_bins:
-            _count_bins(row, scale, off, hist[c])
-        else:
-            needs_rebin[c] = True
+            scale = hist_scale[c]
+            off = hist_off[c]
+            # Compared in float64 (floor(v*s) - off >= 0 iff v*s >= off), so huge ratios never overflow int64.
+            if hist_ready[c] and lo * scale >= off and hi * scale < off + n_bins:
+                _count_bins(row, scale, off, hist[c], bins, lanes)
+            else:
+                needs_rebin[c] = True
 
-        _update_extremes(row, indices, filled, top_v[c], top_i[c], bot_v[c], bot_i[c], cmin, cmax)
+            _update_extremes(row, indices, filled, top_v[c], top_i[c], bot_v[c], bot_i[c], cmin, cmax)
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
@@ -233,15 +269,27 @@ def _update_extremes(row, indices, filled, tv, ti, bv, bi, cmin, cmax):  # pragm
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _count_bins(row, scale, off, h):  # pragma: no cover - jit
-    """Add each value of ``row`` to its bin of ``h`` (all in range). The bins are computed first, in a pass
-    that vectorises, and only then counted: faster than one loop doing both (0.47 against 0.74 ns a value
-    for 4,096-row blocks on an AVX-512 CPU)."""
-    bins = np.empty(row.shape[0], np.int32)
-    for b in range(row.shape[0]):
-        bins[b] = np.int64(np.floor(np.float64(row[b]) * scale)) - off
-    for b in range(row.shape[0]):
-        h[bins[b]] += 1
+def _count_bins(row, scale, off, h, bins, lanes):  # pragma: no cover - jit
+    """Add each value of ``row`` to its bin of ``h`` (all in range); ``bins`` [B] and ``lanes`` [4, n_bins]
+    are scratch. The bins are computed first, in a pass that vectorises, then counted into four copies of the
+    histogram in turn, so that neighbours in one bin do not wait on each other's store; unsigned bins spare
+    numba's check for negative indices. 0.45 against 0.68 ns a value for one loop over signed bins (4,096-row
+    blocks, one thread of an AVX-512 CPU)."""
+    n_rows = row.shape[0]
+    for b in range(n_rows):
+        bins[b] = np.uint32(np.int64(np.floor(np.float64(row[b]) * scale)) - off)
+    lanes[:] = 0
+    l0, l1, l2, l3 = lanes[0], lanes[1], lanes[2], lanes[3]
+    whole = n_rows - n_rows % 4
+    for b in range(0, whole, 4):
+        l0[bins[b]] += 1
+        l1[bins[b + 1]] += 1
+        l2[bins[b + 2]] += 1
+        l3[bins[b + 3]] += 1
+    for b in range(whole, n_rows):
+        l0[bins[b]] += 1
+    for j in range(h.shape[0]):
+        h[j] += l0[j] + l1[j] + l2[j] + l3[j]
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
@@ -249,7 +297,8 @@ def histogram_kernel(values, columns, hist, hist_off, hist_scale):  # pragma: no
     """Count ``values[c]`` into the histograms of the listed directions (after their grids were widened)."""
     for j in nb.prange(columns.shape[0]):
         c = columns[j]
-        _count_bins(values[c], hist_scale[c], hist_off[c], hist[c])
+        bins, lanes = _scratch(values.shape[1], hist.shape[1])
+        _count_bins(values[c], hist_scale[c], hist_off[c], hist[c], bins, lanes)
 
 
 @nb.njit(inline="always")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from . import histogram
@@ -122,6 +123,7 @@ class Tally:
             self.hist_ready,
             needs_rebin,
             nonfinite,
+            min(self.n_directions, numba.get_num_threads()),
         )
         if nonfinite.any():
             raise NonFiniteValues(np.flatnonzero(nonfinite))

@@ -101,13 +101,18 @@ def round_ratios(times: dict[str, list[float]], name: str, base: str) -> list[fl
     return [t / b for t, b in zip(times[name], times[base], strict=True)]
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the value itself, for one value)."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return q1, q3
+
+
 def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float | str]:
     """``name``'s time over ``base``'s, minus 1, two ways: the median of per-round ratios (``paired_ratio``),
     and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side;
     ``overhead_spread`` is the quartiles of the per-round ratios, minus 1, which show how far rounds scatter."""
     med = medians(times)
-    ratios = round_ratios(times, name, base)
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    q1, q3 = quartiles(round_ratios(times, name, base))
     return {
         "overhead": paired_ratio(times, name, base) - 1,
         "overhead_of_medians": med[name] / med[base] - 1,
@@ -116,12 +121,23 @@ def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str =
 
 
 def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:
+    """Median seconds of each, and the engine's time over the GEMM's: the median of per-round ratios
+    (``paired_ratio``), with the quartiles of those ratios as ``ratio_spread``."""
     x, v = synthetic(n, dim, n_dirs)
-    t = race(
+    times = race_rounds(
         {"gemm": lambda: gemm_only(projections(x, v, batch)), "engine": lambda: engine(projections(x, v, batch), k)},
         rounds,
     )
-    return {"n": n, "dim": dim, "directions": n_dirs, "k": k, **t, "ratio": t["engine"] / t["gemm"]}
+    q1, q3 = quartiles(round_ratios(times, "engine", "gemm"))
+    return {
+        "n": n,
+        "dim": dim,
+        "directions": n_dirs,
+        "k": k,
+        **medians(times),
+        "ratio": paired_ratio(times, "engine", "gemm"),
+        "ratio_spread": f"{q1:.3f} to {q3:.3f}",
+    }
 
 
 def engine_vs_alternatives(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096, rounds: int = 5) -> dict:

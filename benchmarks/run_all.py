@@ -49,7 +49,14 @@ def engine_section(rows: int) -> str:
     for row in alts:
         row["speedup_vs_resort"] = row["concat_resort"] / row["engine"]
         row["tally_speedup_vs_resort"] = row["concat_resort_tally"] / row["engine_tally"]
-    bound_cols = [("dim", "D"), ("directions", "K"), ("gemm", "GEMM s"), ("engine", "engine s"), ("ratio", "ratio")]
+    bound_cols = [
+        ("dim", "D"),
+        ("directions", "K"),
+        ("gemm", "GEMM s"),
+        ("engine", "engine s"),
+        ("ratio", "ratio"),
+        ("ratio_spread", "rounds' quartiles"),
+    ]
     alt_cols = [
         ("directions", "K"),
         ("gemm", "GEMM s"),
@@ -65,9 +72,11 @@ def engine_section(rows: int) -> str:
     return f"""## Engine against its bound: projection GEMM alone vs GEMM + full tally
 
 The tally is top-64, bottom-64, mean/variance/skewness/kurtosis, exact zeros and a 64-bin histogram per
-direction. `ratio` = engine time / GEMM time (targets: issue 2, at most 1.5x at K = 1,024, D = 512; issue 5, at most
-1.3x for K >= 1,024). The engine does the same GEMM, so a ratio below 1 is this shared machine's noise
-(about 10% between rounds at times), not a tally that costs less than nothing.
+direction. The times are medians over 5 rounds; `ratio` is the median over rounds of engine time / GEMM time in
+the same round, so a load that comes and goes slows both sides of a ratio alike (targets: issue 2, at most 1.5x
+at K = 1,024, D = 512; issue 5, at most 1.3x for K >= 1,024), and the quartiles show how far single rounds
+scatter. The engine does the same GEMM, so a ratio below 1 is this shared machine's noise (about 10% between
+rounds at times), not a tally that costs less than nothing.
 
 {table(bound, bound_cols)}
 

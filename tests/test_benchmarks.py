@@ -47,6 +47,22 @@ def test_paired_ratio_cancels_a_load_that_slows_a_whole_round():
     assert found == pytest.approx({"overhead": 0.1, "overhead_of_medians": 0.2})
 
 
+def test_engine_vs_gemm_reports_the_paired_ratio(monkeypatch):
+    raced = []
+    monkeypatch.setattr(
+        engine,
+        "race_rounds",
+        lambda contenders, rounds: (
+            raced.append(sorted(contenders)) or {"gemm": [1.0, 3.0, 1.0], "engine": [1.1, 3.3, 1.2]}
+        ),
+    )
+    row = engine.engine_vs_gemm(n=200, dim=8, n_dirs=4, k=2, batch=100, rounds=3)
+    assert raced == [["engine", "gemm"]]
+    assert row["gemm"] == 1.0 and row["engine"] == 1.2  # medians
+    assert row["ratio"] == pytest.approx(1.1)  # the median of 1.1, 1.1, 1.2, not 1.2 / 1.0
+    assert row["ratio_spread"] == "1.100 to 1.150"
+
+
 def test_alternatives_race_whole_runs_and_tallies_alone():
     row = engine.engine_vs_alternatives(n=2_000, dim=16, n_dirs=8, k=4, batch=500, rounds=1)
     for design in ("engine", "store_all", "concat_resort"):

@@ -278,6 +278,10 @@ def _count_bins(row, scale, off, h, bins, lanes):  # pragma: no cover - jit
     n_rows = row.shape[0]
     for b in range(n_rows):
         bins[b] = np.uint32(np.int64(np.floor(np.float64(row[b]) * scale)) - off)
+    if n_rows < 4 * h.shape[0]:  # too few values to repay clearing and adding up four copies
+        for b in range(n_rows):
+            h[bins[b]] += 1
+        return
     lanes[:] = 0
     l0, l1, l2, l3 = lanes[0], lanes[1], lanes[2], lanes[3]
     whole = n_rows - n_rows % 4

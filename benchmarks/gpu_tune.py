@@ -48,7 +48,8 @@ def sweep(args: argparse.Namespace) -> tuple[int, int, int]:
     print(f"GEMM alone: {gemm * 1e3:.1f} ms", flush=True)
     for (tile, warps, step), seconds in timed.items():
         config = f"tile {tile:5d}, {warps} warps, step {step}"
-        print(f"{config}: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM", flush=True)
+        alone = (seconds - gemm) / gemm
+        print(f"{config}: {seconds * 1e3:7.1f} ms = {seconds / gemm:.2f} x GEMM (tally alone {alone:.2f})", flush=True)
     best = min(timed, key=timed.get)
     triton_pass.TILE, triton_pass.NUM_WARPS, triton_pass.STEP = best
     print(f"fastest: tile {best[0]}, {best[1]} warps, step {best[2]}", flush=True)

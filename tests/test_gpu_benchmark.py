@@ -23,6 +23,7 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     assert "| **True** |" in text  # (a) passed
     assert "Top-8 values of the device tally equal the baseline's: **True**" in text
     for row in (
+        "| contender | ms | x GEMM | tally alone x GEMM |",
         "| gemm |",
         "| device_tally |",
         "| device_tally_settle_each |",
@@ -31,6 +32,15 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
         "| ResNet-18 (random weights) | layer4 | bf16 | 64 | 256 |",
     ):
         assert row in text
+
+
+def test_ratio_rows_give_each_contender_with_and_without_the_gemm():
+    rows = gpu.ratio_rows({"gemm": 0.020, "device_tally": 0.065, "concat_reselect": 0.150})
+    assert rows.splitlines() == [
+        "| gemm | 20.0 | 1.00 | - |",
+        "| device_tally | 65.0 | 3.25 | 2.25 |",
+        "| concat_reselect | 150.0 | 7.50 | 6.50 |",
+    ]
 
 
 def test_gpu_tune_sweeps_every_configuration_on_cpu(tmp_path, monkeypatch, capsys):

@@ -110,6 +110,24 @@ def test_state_dict_is_the_cpu_format_and_resumes():
     assert_same(cpu.result(), resumed.to_tally().result())
 
 
+def test_state_dicts_are_copies_in_and_out():
+    """A snapshot stays as it was taken, and resuming never writes into the caller's (maybe read-only) arrays."""
+    rng = np.random.default_rng(8)
+    values = rng.normal(size=(3, 600)).astype(np.float32)
+    idx = np.arange(600)
+    tally = DeviceTally(3, 4, 16)
+    tally.update(torch.from_numpy(values[:, :200]), idx[:200])
+    snapshot = tally.state_dict()
+    taken = {name: array.copy() for name, array in snapshot.items()}
+    for array in snapshot.values():
+        array.flags.writeable = False
+    resumed = DeviceTally.from_state_dict(snapshot)
+    tally.update(torch.from_numpy(values[:, 200:400] * 10), idx[200:400])
+    resumed.update(torch.from_numpy(values[:, 400:] * 10), idx[400:])
+    for name, array in snapshot.items():
+        np.testing.assert_array_equal(array, taken[name], err_msg=name)
+
+
 def test_merge_returns_the_exact_cpu_merge():
     rng = np.random.default_rng(7)
     values = rng.integers(0, 5, size=(3, 900)).astype(np.float32)

@@ -174,8 +174,8 @@ class DeviceTally:
         self._load(Tally(n_directions, k, bins).state_dict())
 
     def _load(self, state: dict[str, np.ndarray]) -> None:
-        for name in _ARRAYS:
-            setattr(self, name, torch.from_numpy(np.ascontiguousarray(state[name])).to(self.device))
+        for name in _ARRAYS:  # copies: the tally updates in place, and must not write into the caller's arrays
+            setattr(self, name, torch.tensor(np.asarray(state[name]), device=self.device))
         count, last_index, self.k, self.bins = (int(v) for v in state["meta"])
         self.count, self.last_index = count, last_index
         # 1 / bin width, computed exactly by numpy (torch.ldexp goes through an inexact pow)
@@ -198,7 +198,7 @@ class DeviceTally:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state in the CPU tally's format: the only time it leaves the device."""
         self.settle()
-        state = {name: getattr(self, name).cpu().numpy() for name in _ARRAYS}
+        state = {name: getattr(self, name).cpu().numpy().copy() for name in _ARRAYS}  # not a view of the live state
         state["meta"] = np.array([self.count, self.last_index, self.k, self.bins], np.int64)
         return state
 

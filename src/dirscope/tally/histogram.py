@@ -14,10 +14,16 @@ MAX_EXPONENT = 1100
 
 
 def fit_exponent(lo: np.ndarray, hi: np.ndarray, n_bins: int, at_least: np.ndarray) -> np.ndarray:
-    """The smallest exponent e >= at_least whose grid spans [lo, hi] in ``n_bins`` bins."""
+    """The smallest exponent e >= at_least whose grid spans [lo, hi] in ``n_bins`` bins.
+
+    A single value (lo == hi) gets the finest grid that any two float32 values around it could need: they
+    differ by at least 2**(E - 24) where 2**E <= |hi|. Grids only ever widen, so a coarser guess here would
+    make the bins depend on how the rows were batched (a first block of one row) or sharded.
+    """
     span = hi - lo
     with np.errstate(divide="ignore", invalid="ignore"):
-        guess = np.where(span > 0, np.ceil(np.log2(span / n_bins)), np.floor(np.log2(np.abs(hi))) - 4)
+        finest = np.floor(np.log2(np.abs(hi))) - 24 - np.ceil(np.log2(n_bins))
+        guess = np.where(span > 0, np.ceil(np.log2(span / n_bins)), finest)
     guess = np.where(np.isfinite(guess), guess, MIN_EXPONENT)
     e = np.clip(np.maximum(guess, at_least), MIN_EXPONENT, MAX_EXPONENT).astype(np.int64)
     while True:

@@ -169,11 +169,28 @@ def test_merge_equals_single_pass(stream, split_seed):
         np.testing.assert_array_equal(merged.zeros, s.zeros)
         assert merged.count == s.count
         assert_histogram_exact(merged, values.astype(np.float64))
-        same_grid = merged.hist_width == s.hist_width  # then the (centred) histograms are identical
-        np.testing.assert_array_equal(merged.hist_start[same_grid], s.hist_start[same_grid])
-        np.testing.assert_array_equal(merged.hist_counts[same_grid], s.hist_counts[same_grid])
+        assert_same_histograms(merged, s)
         scale = np.abs(values).max() + 1e-30
         np.testing.assert_allclose(merged.mean / scale, s.mean / scale, atol=1e-9)
+
+
+def assert_same_histograms(a, b) -> None:
+    np.testing.assert_array_equal(a.hist_width, b.hist_width)
+    np.testing.assert_array_equal(a.hist_start, b.hist_start)
+    np.testing.assert_array_equal(a.hist_counts, b.hist_counts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams())
+def test_histograms_do_not_depend_on_batching(stream):
+    """Grids only widen, so a first block that is one value (say a batch of one row) must not fix a coarse one."""
+    values, indices, k, cuts, bins = stream
+    single, batched, rows = (Tally(values.shape[0], k, bins) for _ in range(3))
+    single.update(values, indices)
+    feed(batched, values, indices, cuts)
+    feed(rows, values, indices, list(range(1, values.shape[1])))
+    assert_same_histograms(batched.result(), single.result())
+    assert_same_histograms(rows.result(), single.result())
 
 
 def test_state_dict_resumes_bit_for_bit():
@@ -219,6 +236,23 @@ def test_non_finite_projections_are_reported():
     with pytest.raises(NonFiniteValues) as info:
         tally.update(x, np.arange(4))
     assert info.value.directions.tolist() == [1]
+
+
+def test_a_tally_part_updated_by_non_finite_values_refuses_any_use():
+    tally, other = Tally(3, 2), Tally(3, 2)
+    x = np.ones((3, 4), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(NonFiniteValues):
+        tally.update(x, np.arange(4))
+    for use in (
+        lambda: tally.update(np.ones((3, 2), np.float32), np.arange(4, 6)),
+        tally.result,
+        tally.state_dict,
+        lambda: tally.merge(other),
+        lambda: other.merge(tally),
+    ):
+        with pytest.raises(ValueError, match=r"part-updated .* \(directions \[1\]\); continue from a state saved"):
+            use()
 
 
 def test_memory_does_not_grow_with_rows():

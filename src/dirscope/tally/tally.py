@@ -64,7 +64,12 @@ _ARRAYS = (
 
 
 class Tally:
-    """Running statistics of K directions; feed blocks of projections [K, B] in increasing row order."""
+    """Running statistics of K directions; feed blocks of projections [K, B] in increasing row order.
+
+    A block with non-finite values raises ``NonFiniteValues`` after its finite directions were folded in
+    (in place, one pass: checking first would read every block twice), so the tally then refuses any use:
+    continue from a state saved before that block.
+    """
 
     def __init__(self, n_directions: int, k: int, bins: int = 64) -> None:
         if n_directions < 1 or k < 1 or bins < 2:
@@ -72,6 +77,7 @@ class Tally:
         n, self.k, self.bins = n_directions, k, bins
         self.count = 0
         self.last_index = -1
+        self.spoiled: np.ndarray | None = None  # the directions of a block that raised NonFiniteValues
         self.top_v = np.full((n, k), -np.inf, np.float32)
         self.top_i = np.full((n, k), -1, np.int64)
         self.bot_v = np.full((n, k), np.inf, np.float32)
@@ -91,6 +97,7 @@ class Tally:
 
     def update(self, values: np.ndarray, indices: np.ndarray) -> None:
         """Fold in ``values[K, B]`` (float32) for dataset rows ``indices`` (increasing, after all seen rows)."""
+        self._check_unspoiled()
         values = np.ascontiguousarray(values, dtype=np.float32)
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         if values.ndim != 2 or values.shape[0] != self.n_directions or values.shape[1] != indices.shape[0]:
@@ -126,13 +133,21 @@ class Tally:
             min(self.n_directions, numba.get_num_threads()),
         )
         if nonfinite.any():
-            raise NonFiniteValues(np.flatnonzero(nonfinite))
+            self.spoiled = np.flatnonzero(nonfinite)
+            raise NonFiniteValues(self.spoiled)
         self.count += indices.size
         self.last_index = int(indices[-1])
         if needs_rebin.any():
             columns = np.flatnonzero(needs_rebin)
             self._widen(columns)
             histogram_kernel(values, columns, self.hist, self.hist_off, histogram.scale_of(self.hist_exp))
+
+    def _check_unspoiled(self) -> None:
+        if self.spoiled is not None:
+            raise ValueError(
+                f"this tally was part-updated by a block with non-finite projections (directions "
+                f"{self.spoiled[:5].tolist()}); continue from a state saved before it"
+            )
 
     def _widen(self, columns: np.ndarray) -> None:
         """Move the listed histograms to grids that cover their whole [min, max] so far."""
@@ -147,6 +162,8 @@ class Tally:
 
     def merge(self, other: Tally) -> Tally:
         """The exact tally of the union of two disjoint sets of rows."""
+        self._check_unspoiled()
+        other._check_unspoiled()
         if (self.n_directions, self.k, self.bins) != (other.n_directions, other.k, other.bins):
             raise ValueError("only tallies of the same directions, k and bins can merge")
         out = Tally(self.n_directions, self.k, self.bins)
@@ -196,6 +213,7 @@ class Tally:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly where this tally stopped (for checkpoints)."""
+        self._check_unspoiled()
         state = {name: getattr(self, name).copy() for name in _ARRAYS}
         state["meta"] = np.array([self.count, self.last_index, self.k, self.bins], np.int64)
         return state
@@ -211,6 +229,7 @@ class Tally:
 
     def result(self) -> TallyResult:
         """Final statistics; the top and bottom lists hold min(k, count) rows."""
+        self._check_unspoiled()
         n = self.count
         kept = min(self.k, n)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -80,6 +80,33 @@ def test_multi_layer_capture_equals_separate_captures():
     assert torch.equal(together["pair"], net.blocks[1](net.blocks[0](x)) * 2)
 
 
+class InPlace(nn.Module):
+    """A residual block as torchvision writes them: in-place ReLU, then ``out += x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        out = self.fc(x)
+        self.relu(out)
+        out += x
+        return self.head(out)
+
+
+def test_later_in_place_ops_do_not_change_captured_activations():
+    torch.manual_seed(0)
+    net, x = InPlace().eval(), torch.randn(8, 4)
+    with torch.inference_mode(), Capture(net, ["fc", "relu", "head"]) as cap:
+        got = cap.run(x)
+    expected = net.fc(x)
+    assert (expected < 0).any()
+    assert torch.equal(got["fc"], expected)
+    assert torch.equal(got["relu"], expected.relu())
+
+
 def test_forward_stops_after_the_last_requested_layer():
     net = Net().eval()
     with Capture(net, ["blocks.0.act"]) as cap:

@@ -1,7 +1,8 @@
 """Named hook points: every submodule's output is reachable by its dotted name, and hooks are the one door.
 
 This stage knows nothing about directions or files: it maps a batch of inputs to the activations of
-the requested layers, and stops the forward pass as soon as the last of them has run.
+the requested layers, and stops the forward pass as soon as the last of them has run. TorchScript modules
+take no hooks (torch refuses them), so their one layer is the model's output, named ``output``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class LayerInfo:
     calls: int
 
 
+OUTPUT = "output"  # a TorchScript model's one layer
+
+
 class _AllCaptured(Exception):
     """Raised from a hook to skip the rest of the forward pass once every requested layer has run."""
 
@@ -41,8 +45,16 @@ def first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
+def scripted(module: nn.Module) -> bool:
+    """Whether ``module`` is TorchScript, whose (sub)modules refuse forward hooks."""
+    return isinstance(module, torch.jit.ScriptModule)
+
+
 def hookable(module: nn.Module) -> dict[str, nn.Module]:
-    """Every named submodule, nested names included (``features.3``, ``blocks.0.mlp.act``)."""
+    """Every named submodule, nested names included (``features.3``, ``blocks.0.mlp.act``); for TorchScript,
+    the model itself as ``output``."""
+    if scripted(module):
+        return {OUTPUT: module}
     return {name: sub for name, sub in module.named_modules() if name}
 
 
@@ -53,10 +65,17 @@ def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
     """
     available = hookable(module)
     if list(names) == ["all"]:
+        if scripted(module):
+            return [OUTPUT]
         return [n for n, m in available.items() if not any(True for _ in m.children()) and not _reshapes_only(m)]
     if not names:
         raise DirscopeError("no layer given; pass --layer NAME (list them with `dirscope layers MODEL`)")
     for name in names:
+        if name not in available and scripted(module):
+            raise DirscopeError(
+                f"unknown layer {name!r}: a TorchScript model takes no hooks, so its one layer is {OUTPUT!r}; "
+                "load it with python:MODULE:CALLABLE to reach inner layers"
+            )
         if name not in available:
             raise DirscopeError(
                 f"unknown layer {name!r}{suggest(name, available)}; list the names with `dirscope layers MODEL`"
@@ -74,12 +93,13 @@ def _reshapes_only(module: nn.Module) -> bool:
     )
 
 
-def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> None:
-    """Run the model, turning shape errors into one line that names the offending input shape."""
+def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> object:
+    """Run the model and return its output (None if a hook stopped it early), turning shape errors into one
+    line that names the offending input shape."""
     try:
-        module(x)
+        return module(x)
     except _AllCaptured:
-        pass
+        return None
     except torch.OutOfMemoryError:
         raise DirscopeError(f"out of memory running {what} on a batch of {x.shape[0]}; lower --batch-size") from None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -91,6 +111,10 @@ def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> None
 
 def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Every hookable name with its output shape, from one dry forward on ``example``."""
+    if scripted(module):
+        with torch.inference_mode():
+            tensor = first_tensor(forward(module, example))
+        return [LayerInfo(OUTPUT, "TorchScript", tuple(tensor.shape[1:]) if tensor is not None else None, 1)]
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
 
@@ -123,6 +147,8 @@ class Capture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> Capture:
+        if scripted(self.module):
+            return self  # no hooks: ``run`` takes the output
         modules = hookable(self.module)
         for name in self.layers:
             self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
@@ -140,16 +166,26 @@ class Capture:
             tensor = first_tensor(output)
             if tensor is None:
                 raise DirscopeError(f"layer {name!r} returns no tensor ({type(output).__name__}); hook another layer")
-            self._outputs[name] = tensor
-            if len(self._outputs) == len(self.layers):
+            if len(self._outputs) == len(self.layers) - 1:  # the last: the forward stops here
+                self._outputs[name] = tensor
                 raise _AllCaptured
+            # A copy: later layers may write into this tensor in place (ReLU(inplace=True), ``out += x``).
+            self._outputs[name] = tensor.clone()
 
         return hook
+
+    def _capture_output(self, output: object) -> None:
+        tensor = first_tensor(output)
+        if tensor is None:
+            raise DirscopeError(f"the TorchScript model returns no tensor ({type(output).__name__})")
+        self._outputs[OUTPUT] = tensor
 
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``x`` (stopping early when possible) and return {layer: activation}."""
         self._outputs = {}
-        forward(self.module, x)
+        output = forward(self.module, x)
+        if scripted(self.module):
+            self._capture_output(output)
         missing = [n for n in self.layers if n not in self._outputs]
         if missing:
             raise DirscopeError(f"layer {missing[0]!r} did not run in the forward pass; choose a layer that runs")

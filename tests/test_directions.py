@@ -19,7 +19,7 @@ from dirscope.directions import (
     haar_rotation,
 )
 from dirscope.errors import DirscopeError
-from dirscope.seeding import numpy_rng
+from dirscope.seeding import derive_seed, numpy_rng
 from dirscope.specs import Spec
 
 
@@ -431,3 +431,48 @@ def test_sweep_expands_to_rotation_powers_of_one_fixed_rotation():
         build_directions("sweep:1", dim=7, layer="l", seed=3)
     with pytest.raises(DirscopeError, match="did you mean 'sweep'"):
         build_directions("swep:3", dim=7, layer="l", seed=3)
+
+
+# --- repeats --------------------------------------------------------------------------------------------
+
+
+def test_repeated_family_draws_its_own_stream() -> None:
+    """``random:4,random:8`` once gave rows 0-3 equal to rows 4-7: the seed counted spec text, not family."""
+    d = build("random:4,random:8", dim=10)
+    assert np.array_equal(d.vectors[:4], build("random:4", dim=10).vectors)  # the first block is as alone
+    assert not np.isclose(np.abs(d.vectors @ d.vectors.T)[np.triu_indices(12, 1)], 1.0).any()
+    assert d.info["random:4"]["seed"] != d.info["random:8"]["seed"]
+    samples = build("basis:3,basis:5", dim=10)
+    assert np.array_equal(samples.unit[:3], build("basis:3", dim=10).unit)
+    assert samples.info["basis:3"]["seed"] != samples.info["basis:5"]["seed"]
+    assert samples.info["basis:5"]["seed"] == build("basis:5,basis:5", dim=10).info["basis:5#1"]["seed"]
+
+
+def test_specs_without_repeats_keep_their_seeds() -> None:
+    d = build("basis:3,random:10,rotation,rotation:0.25,sweep:3", seed=5)
+    names = {"basis:3": "basis", "random:10": "random"}
+    for key, entry in d.info.items():
+        assert entry["seed"] == derive_seed(5, "conv5", names.get(key, "rotation"), "0"), key
+
+
+def test_a_repeated_alpha_draws_a_fresh_rotation() -> None:
+    d = build("rotation:0.5,rotation:.50,sweep:3,sweep:3", dim=6)
+    assert d.families() == ["rotation:0.5", "rotation:0", "rotation:1"]
+    seeds = [entry["seed"] for entry in d.info.values()]
+    assert seeds[0] != seeds[1] and seeds[2] == seeds[0] and seeds[4] == seeds[0]  # 0.5 twice; 0 and 1 on Q
+    assert seeds[5] == seeds[1] and seeds[6] != seeds[1] and seeds[7] == seeds[1]  # second sweep: next Q per ALPHA
+    half = d.vectors[d.rows("rotation:0.5")].astype(np.float64)
+    assert not np.allclose(half[:6], half[6:12])
+
+
+def test_files_of_one_name_stay_apart(tmp_path: Path) -> None:
+    for folder, rows in [("fa", np.eye(6)[:2]), ("fb", -np.eye(6)[3:5]), ("x/fa", np.eye(6)[5])]:
+        (tmp_path / folder).mkdir(parents=True)
+        np.save(tmp_path / folder / "dirs.npy", rows)
+    d = build(f"file:{tmp_path / 'fa/dirs.npy'},file:{tmp_path / 'fb/dirs.npy'}", dim=6)
+    assert d.families() == ["file:fa/dirs", "file:fb/dirs"]
+    assert d.member.tolist() == [0, 1, 0, 1]
+    deep = build(f"file:{tmp_path / 'fa/dirs.npy'},file:{tmp_path / 'x/fa/dirs.npy'}", dim=6)
+    assert deep.families() == [f"file:{tmp_path.name}/fa/dirs", "file:x/fa/dirs"]
+    same = build(f"file:{tmp_path / 'fa/dirs.npy'},file:{tmp_path / 'fa/../fa/dirs.npy'}", dim=6)
+    assert same.families() == ["file:dirs"]  # one file twice is one family, a repeat like pca:4,pca:2

@@ -32,18 +32,27 @@ class FamilyBlock:
 
 @dataclass(frozen=True)
 class FamilyContext:
-    """What a family may use: the layer's name and dimension, its own derived seed, fitting data on demand."""
+    """What a family may use: the layer's name and dimension, its own derived seed, fitting data on demand.
+
+    ``specs`` is the whole (expanded) spec list, so a family can label its block apart from its siblings
+    (two ``file:`` specs whose files share a name).
+    """
 
     dim: int
     seed: int
     layer: str
     fit_data: FitData | None = None
+    specs: tuple[Spec, ...] = ()
 
 
 FAMILIES: Registry[FamilyBlock] = Registry("direction family")
 # Shorthands that stand for several family specs (e.g. ``sweep:6``), expanded before any seed is derived,
 # so their blocks draw exactly as the specs they stand for.
 EXPANSIONS: Registry[list[Spec]] = Registry("direction family")
+# Which specs of a family are repeats of each other, and so draw afresh: by default every spec of a family
+# (``random:4`` and ``random:8`` draw two independent blocks). A family whose specs share one draw by design
+# maps its arg to a key here: ``rotation`` keys by its label, so every ALPHA moves along one Q.
+REPEAT_KEYS: dict[str, Callable[[str | None], str]] = {}
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:

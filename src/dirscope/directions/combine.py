@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DirscopeError
 from ..seeding import derive_seed
 from ..specs import Spec, parse_spec, parse_spec_list, suggest
-from .base import EXPANSIONS, FAMILIES, FamilyBlock, FamilyContext, FitData
+from .base import EXPANSIONS, FAMILIES, REPEAT_KEYS, FamilyBlock, FamilyContext, FitData
 
 
 @dataclass
@@ -85,6 +85,13 @@ def _expand(spec: Spec) -> list[Spec]:
     return [spec]
 
 
+def repeat_key(spec: Spec) -> str:
+    """The key whose earlier specs make ``spec`` a repeat that draws afresh: its family name, unless the
+    family shares one draw across args by design (``REPEAT_KEYS``: ``rotation`` per ALPHA)."""
+    key = REPEAT_KEYS.get(spec.name)
+    return spec.name if key is None else f"{spec.name}/{key(spec.arg)}"
+
+
 def _check_block(block: FamilyBlock, spec: str, dim: int) -> None:
     """A family's contract, checked here so a new family's bug shows up at its source."""
     v = block.vectors
@@ -107,8 +114,9 @@ def build_directions(
     """Build every family in ``specs`` (e.g. ``"basis,random:64,rotation:0.5"``) for one layer and stack them.
 
     Each block's seed is ``derive_seed(seed, layer, name, occurrence)``, where ``occurrence`` counts earlier
-    identical spec strings. So ``random:32`` is a prefix of ``random:64``, a repeated spec draws afresh, all
-    ``rotation[:ALPHA]`` share one Q, and layers draw independently.
+    specs of the same family (see ``repeat_key``). So ``random:32`` is a prefix of ``random:64`` when each is
+    given alone, a repeated family draws afresh (``random:4,random:8``: 12 distinct rows), all
+    ``rotation[:ALPHA]`` of different ALPHA share one Q, and layers draw independently.
     """
     if dim < 1:
         raise ValueError(f"layer {layer!r} has dimension {dim}; directions need dim >= 1")
@@ -123,23 +131,26 @@ def build_directions(
     for spec in parsed:
         FAMILIES.entry(spec)  # a typo in the last spec fails before an expensive fit
     fetch = _once(fit_data)
-    seen: Counter[str] = Counter()
+    seen: Counter[str] = Counter()  # per repeat key: picks the seed
+    seen_text: Counter[str] = Counter()  # per spec text: names the ``info`` entry
     vectors: list[np.ndarray] = []
     units: list[np.ndarray] = []
     family: list[str] = []
     row_specs: list[str] = []
     info: dict[str, dict[str, Any]] = {}
     for spec in parsed:
-        text = str(spec)
-        occurrence = seen[text]
-        seen[text] += 1
+        text, repeat = str(spec), repeat_key(spec)
+        occurrence, repeat_of_text = seen[repeat], seen_text[text]
+        seen[repeat] += 1
+        seen_text[text] += 1
         block_seed = derive_seed(seed, layer, spec.name, str(occurrence))
-        block = FAMILIES.build(spec, ctx=FamilyContext(dim=dim, seed=block_seed, layer=layer, fit_data=fetch))
+        ctx = FamilyContext(dim=dim, seed=block_seed, layer=layer, fit_data=fetch, specs=tuple(parsed))
+        block = FAMILIES.build(spec, ctx=ctx)
         _check_block(block, text, dim)
         k = len(block.vectors)
         label = block.label or spec.name
         start = len(family)
-        key = text if occurrence == 0 else f"{text}#{occurrence}"
+        key = text if repeat_of_text == 0 else f"{text}#{repeat_of_text}"
         info[key] = {"family": label, "start": start, "stop": start + k, "seed": block_seed, **block.info}
         vectors.append(block.vectors)
         units.append(np.full(k, -1, np.int64) if block.units is None else block.units.astype(np.int64))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DirscopeError
+from ..specs import Spec
 from .base import FAMILIES, FamilyBlock, FamilyContext, normalize_rows
 
 
@@ -55,9 +58,30 @@ def load_direction_file(path: Path, *, dim: int, layer: str) -> np.ndarray:
     return array / scale[:, None]  # so the norm neither overflows nor underflows
 
 
+def _named(path: Path, n: int) -> str:
+    """The last ``n`` folders of an absolute ``path`` and its stem, e.g. ``fa/dirs``."""
+    return "/".join([*path.parent.parts[1:][-n:], path.stem]) if n else path.stem
+
+
+def file_label(path: Path, specs: Sequence[Spec]) -> str:
+    """``file:STEM``, with as many parent folders as it takes to tell it from other files of that stem.
+
+    Two ``file:`` specs must not merge into one family just because their files share a name; the same
+    file given twice stays one family, a repeat like ``pca:4,pca:2``.
+    """
+    mine = Path(os.path.abspath(path))
+    others = {Path(os.path.abspath(Path(s.arg or "").expanduser())) for s in specs if s.name == "file"} - {mine}
+    others = {p for p in others if p.stem == mine.stem}
+    for n in range(len(mine.parts)):
+        if _named(mine, n) not in {_named(p, n) for p in others}:
+            return f"file:{_named(mine, n)}"
+    return f"file:{mine}"  # only the suffix differs (dirs.npy, dirs.npz)
+
+
 @FAMILIES.register("file", help="directions from a .npy of shape [K, D] or [D], rows normalised", takes_arg=True)
 def build(arg: str | None, *, ctx: FamilyContext) -> FamilyBlock:
     """Rows are normalised, so only each row's direction matters and scores compare across families."""
     path = Path(arg or "").expanduser()
     vectors = load_direction_file(path, dim=ctx.dim, layer=ctx.layer)
-    return FamilyBlock(normalize_rows(vectors), label=f"file:{path.stem}", info={"path": str(path)})
+    label = file_label(path, ctx.specs)
+    return FamilyBlock(normalize_rows(vectors), label=label, info={"path": str(path)})

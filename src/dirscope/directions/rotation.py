@@ -15,7 +15,7 @@ import scipy.linalg
 from ..errors import DirscopeError
 from ..seeding import numpy_rng
 from ..specs import parse_float
-from .base import FAMILIES, FamilyBlock, FamilyContext, normalize_rows
+from .base import FAMILIES, REPEAT_KEYS, FamilyBlock, FamilyContext, normalize_rows
 
 
 def haar_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -86,14 +86,23 @@ def _parse_alpha(arg: str) -> float:
     return alpha + 0.0  # turns -0.0 into 0.0
 
 
+def label(arg: str | None) -> str:
+    """``rotation`` or ``rotation:ALPHA`` with ALPHA in its shortest form, so ``.5`` and ``0.50`` are one family."""
+    return "rotation" if arg is None else f"rotation:{np.format_float_positional(_parse_alpha(arg), trim='-')}"
+
+
+# Specs of different ALPHA share one Q (a sweep moves along one rotation); a repeated ALPHA draws a fresh Q.
+REPEAT_KEYS["rotation"] = label
+
+
 @FAMILIES.register(
     "rotation",
     help="rows of a Haar-random rotation Q in SO(D); rotation:ALPHA rows of Q^ALPHA, 0 <= ALPHA <= 1",
     takes_arg=None,
 )
 def build(arg: str | None, *, ctx: FamilyContext) -> FamilyBlock:
-    """Every ALPHA draws the same Q from the block's seed, so a sweep moves along one fixed rotation."""
+    """Every ALPHA draws the same Q from the block's seed (see ``REPEAT_KEYS``), so a sweep moves along one
+    fixed rotation."""
     alpha = 1.0 if arg is None else _parse_alpha(arg)
     q = haar_rotation(ctx.dim, numpy_rng(ctx.seed))
-    label = "rotation" if arg is None else f"rotation:{np.format_float_positional(alpha, trim='-')}"
-    return FamilyBlock(normalize_rows(fractional_power(q, alpha)), label=label, info={"alpha": alpha})
+    return FamilyBlock(normalize_rows(fractional_power(q, alpha)), label=label(arg), info={"alpha": alpha})

@@ -464,6 +464,18 @@ def test_load_data_list_of_batches_is_reiterable():
     assert [img.shape for img in images] == [(4, 4), (4, 4)]
 
 
+def test_load_data_keeps_labels_given_as_python_lists():
+    x = torch.rand(4, 1, 2, 2)
+    src = load_data([(x, [0, 1, 2, 3]), (x, (4, 5, 6, 7))])
+    _, _, ys = collect(src, 8)
+    assert np.concatenate(ys).tolist() == list(range(8))
+    assert src.labels_at(np.arange(8)).tolist() == list(range(8))
+    assert load_data([(x, ["a", "b", "c", "d"])]).labels_at(np.arange(4)) is None  # not integers: no labels
+    assert load_data([(x, [0.0, 1.0, 2.0, 3.0])]).labels_at(np.arange(4)) is None
+    pair = load_data((x.numpy(), [3, 2, 1, 0]))  # (x, y) with y a list is one array source, not two batches
+    assert isinstance(pair, ArraySource) and pair.labels_at(np.arange(4)).tolist() == [3, 2, 1, 0]
+
+
 def test_load_data_dataloader():
     data = TensorDataset(torch.rand(10, 1, 2, 2), torch.arange(10) % 4)
     src = load_data(DataLoader(data, batch_size=4))
@@ -828,3 +840,39 @@ def test_array_images_at_converts_in_chunks_with_the_same_images_in_the_asked_or
     for g, r in zip(got, rows, strict=True):
         np.testing.assert_array_equal(g, reference_display_image(x[r]))
     np.testing.assert_array_equal(x, np.random.default_rng(1).normal(size=(7, 3, 4, 4)).astype(np.float32))
+
+
+def test_folder_follows_symlinked_class_folders_without_looping(tmp_path):
+    for name in ["b.png", "a.png"]:
+        save_image(tmp_path / "store" / "c1" / name)
+    save_image(tmp_path / "root" / "cat" / "z.png")
+    (tmp_path / "root" / "dog").symlink_to(tmp_path / "store" / "c1", target_is_directory=True)
+    (tmp_path / "root" / "puppy").symlink_to(tmp_path / "store" / "c1", target_is_directory=True)
+    (tmp_path / "root" / "cat" / "loop").symlink_to(tmp_path / "root", target_is_directory=True)
+    (tmp_path / "store" / "c1" / ".hidden").symlink_to(tmp_path / "root", target_is_directory=True)
+    src = load_data(f"folder:{tmp_path / 'root'}")
+    want = ["cat/z.png", "dog/a.png", "dog/b.png", "puppy/a.png", "puppy/b.png"]
+    assert [f.as_posix() for f in src.files] == want
+    assert src.label_names == ["cat", "dog", "puppy"] and src.labels.tolist() == [0, 1, 1, 2, 2]
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    (only_links / "dog").symlink_to(tmp_path / "store" / "c1", target_is_directory=True)
+    assert load_data(f"folder:{only_links}").size == 2
+
+
+def test_folder_scales_16_bit_grayscale_by_its_full_range(tmp_path):
+    values = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1365  # 0 .. 64155
+    (tmp_path / "gray").mkdir()
+    for name in ["a.png", "b.png"]:
+        Image.fromarray(values).save(tmp_path / "gray" / name)
+    assert Image.open(tmp_path / "gray" / "a.png").mode == "I;16"
+    src = load_data(f"folder:{tmp_path / 'gray'}")
+    eight = (values.astype(np.int64) + 128) // 257  # round(v / 257): 65535 -> 255
+    x, _, _ = collect(src)
+    assert src.mode == "L" and x.shape == (2, 1, 6, 8)
+    np.testing.assert_allclose(x[0, 0].numpy(), eight / 255, atol=1e-7)
+    np.testing.assert_array_equal(src.images_at(np.array([1]))[0], eight)
+    save_image(tmp_path / "gray" / "c.png", mode="RGB")
+    mixed, _, _ = collect(load_data(f"folder:{tmp_path / 'gray'}"))
+    assert mixed.shape == (3, 3, 6, 8) and torch.equal(mixed[0, 0], mixed[0, 2])
+    np.testing.assert_allclose(mixed[0, 1].numpy(), eight / 255, atol=1e-7)

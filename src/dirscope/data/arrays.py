@@ -42,12 +42,22 @@ def to_tensor(rows: np.ndarray) -> torch.Tensor:
 
 
 def integer_labels(y: object, n: int) -> np.ndarray | None:
-    """``y`` as int64 labels if it is a 1-D integer array of length ``n``, else None."""
+    """``y`` as int64 labels if it is a 1-D integer array (or list, tuple) of length ``n``, else None."""
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
+    elif isinstance(y, (list, tuple)):  # e.g. batches (x, [0, 1, 2, 3]) from a plain Python generator
+        y = _sequence_array(y)
     if not isinstance(y, np.ndarray) or y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         return None
     return y.astype(np.int64)
+
+
+def _sequence_array(y: list | tuple) -> np.ndarray | None:
+    """A list or tuple as an array, or None when it is ragged or holds things numpy cannot stack."""
+    try:
+        return np.asarray(y)
+    except (ValueError, TypeError):
+        return None
 
 
 def check_labels(y: object, n: int, what: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .registry import DATA, Preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 THUMBNAIL_PX = 128
+# 16-bit grayscale as PIL opens it ("I": 32-bit ints, read as 16-bit values, as older Pillows open 16-bit PNG).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @DATA.register(
@@ -28,17 +31,27 @@ def build_folder(arg: str, *, preprocess: Preprocess | None = None) -> DataSourc
     return FolderSource(arg, preprocess)
 
 
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``root``, relative to it, following symlinked folders as ImageFolder does.
+
+    ``Path.rglob`` does not descend into symlinked folders before Python 3.13, and class folders are often
+    symlinks. A folder that links back to one of its own ancestors (a cycle) is not entered again.
+    """
+    ancestors: dict[str, frozenset[str]] = {str(root): frozenset()}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        above = ancestors.pop(folder) | {os.path.realpath(folder)}
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in above]
+        ancestors.update({os.path.join(folder, d): above for d in dirs})
+        yield from (Path(os.path.relpath(os.path.join(folder, f), root)) for f in files if not f.startswith("."))
+
+
 def find_images(root: Path, spec: str) -> list[Path]:
     """Image files under ``root`` (hidden ones left out), relative to it and sorted by that path."""
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DirscopeError(f"{spec}: {root} {what}; give a folder of images")
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        hidden = any(part.startswith(".") for part in rel.parts)
-        if not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(rel)
+    found = [rel for rel in walk_files(root) if rel.suffix.lower() in IMAGE_EXTENSIONS and (root / rel).is_file()]
     if not found:
         raise DirscopeError(f"{spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}; give a folder of images")
     return sorted(found, key=Path.as_posix)
@@ -73,6 +86,22 @@ def imagenet_names(folders: list[str]) -> list[str]:
     return [f"{names[index[w]]} ({w})" if names[index[w]] in twice else names[index[w]] for w in folders]
 
 
+def to_eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as mode L, scaled by the full 16-bit range: round(v / 257), so 65535 -> 255.
+
+    PIL's own ``convert`` clips every value above 255, which turns a 16-bit image almost binary. Values of a
+    mode I image outside [0, 65535] are clipped. Any other image comes back as it is.
+    """
+    if img.mode not in SIXTEEN_BIT_MODES:
+        return img
+    values = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), mode="L")
+
+
+def is_gray(mode: str) -> bool:
+    return mode == "L" or mode in SIXTEEN_BIT_MODES
+
+
 def reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
@@ -81,8 +110,9 @@ class FolderSource(DataSource):
     """Image files in sorted relative-path order; that order is the dataset index.
 
     Without a model ``preprocess`` an image becomes float [C,H,W] in [0,1]: one channel when every
-    image is grayscale (mode L), else RGB for all. Unreadable files are skipped, never fatal: their
-    indices are absent from the batches and listed in ``skipped``.
+    image is grayscale (mode L, or 16-bit scaled to 8 bits by ``to_eight_bit``), else RGB for all.
+    Unreadable files are skipped, never fatal: their indices are absent from the batches and listed in
+    ``skipped``.
     """
 
     def __init__(self, path: str | Path, preprocess: Preprocess | None = None, workers: int = 0) -> None:
@@ -95,7 +125,7 @@ class FolderSource(DataSource):
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
         headers = self._read_headers()
-        self.mode = "L" if all(mode == "L" for _, mode in headers.values()) else "RGB"
+        self.mode = "L" if all(is_gray(mode) for _, mode in headers.values()) else "RGB"
         if preprocess is None:
             self._check_one_size(headers)
 
@@ -141,12 +171,13 @@ class FolderSource(DataSource):
 
     def _read(self, i: int, at_least: int | None = None) -> Image.Image:
         """The decoded image; with ``at_least``, a JPEG decodes at 1/2, 1/4 or 1/8 scale when both sides stay
-        at least that long (libjpeg scales in the DCT: twice as fast for ImageNet-sized thumbnails)."""
+        at least that long (libjpeg scales in the DCT: twice as fast for ImageNet-sized thumbnails). A 16-bit
+        grayscale image comes back as 8-bit L (``to_eight_bit``)."""
         with Image.open(self.root / self.files[i]) as img:
             if at_least is not None:
                 img.draft(None, (at_least, at_least))
             img.load()
-            return img.copy()
+            return to_eight_bit(img.copy())
 
     def _input(self, img: Image.Image) -> torch.Tensor | np.ndarray:
         img = img.convert(self.mode)

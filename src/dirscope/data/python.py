@@ -38,7 +38,7 @@ def load_data(obj: object, preprocess: Preprocess | None = None, workers: int = 
         return obj
     if isinstance(obj, ARRAY_TYPES):
         return ArraySource(obj, spec=f"<{type(obj).__name__} {list(obj.shape)}>")
-    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(a, ARRAY_TYPES) for a in obj):
+    if is_xy_pair(obj):
         return ArraySource(obj[0], obj[1], spec=f"<(x, y) {list(obj[0].shape)}>")
     if isinstance(obj, IterableDataset):
         loader = DataLoader(obj, batch_size=ITERABLE_DATASET_BATCH, collate_fn=collate_items)
@@ -48,6 +48,13 @@ def load_data(obj: object, preprocess: Preprocess | None = None, workers: int = 
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, Mapping)):
         return IterableSource(obj)
     raise DirscopeError(f"cannot use a {type(obj).__name__} as data; give {ACCEPTED}")
+
+
+def is_xy_pair(obj: object) -> bool:
+    """(x, y) of arrays, or of x and a list of its integer labels (not a tuple of two batches)."""
+    if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], ARRAY_TYPES)):
+        return False
+    return isinstance(obj[1], ARRAY_TYPES) or integer_labels(obj[1], len(obj[0])) is not None
 
 
 def is_map_style(obj: object) -> bool:

@@ -111,6 +111,91 @@ def test_errors_are_one_line_with_status_2(project, capsys, args, message):
     assert __import__("re").search(message, err), err
 
 
+def test_counts_below_one_are_usage_errors_not_tracebacks(project, capsys):
+    code, _, err = run_cli(
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis --k 2 --out runs/t -q",
+        capsys,
+    )
+    assert code == 0, err
+    for rows in ("-3", "0"):
+        code, _, err = run_cli(["figures", "runs/t", "--rows", rows], capsys)
+        assert code == 2 and "Invalid value for '--rows'" in err and "Traceback" not in err
+    code, _, err = run_cli(
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --directions pca:2 "
+        "--fit-samples -1 --out runs/p -q",
+        capsys,
+    )
+    assert code == 2 and "Invalid value for '--fit-samples'" in err
+
+
+def test_figures_api_refuses_no_rows(project, capsys):
+    import dirscope
+    from dirscope.errors import DirscopeError
+    from dirscope.figures import write_figures
+
+    run_cli("run --model python:tinymodel:build --layer head --data npz:data.npz --k 2 --out runs/t -q", capsys)
+    with pytest.raises(DirscopeError, match="at least 1 row"):
+        write_figures(dirscope.load(project / "runs/t"), project / "figs", n=-3)
+
+
+def test_layers_of_a_model_without_submodules_is_one_line(project, capsys):
+    (project / "baremodel.py").write_text(
+        textwrap.dedent("""
+            import torch
+
+            class Bare(torch.nn.Module):
+                def forward(self, x):
+                    return x * 2
+
+            def build():
+                model = Bare()
+                model.dirscope_input_shape = (4,)
+                return model
+        """)
+    )
+    code, _, err = run_cli(["layers", "python:baremodel:build"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: model 'python:baremodel:build' has no hookable layers")
+
+
+def test_unknown_metric_lists_every_accepted_metric(project, capsys):
+    from dirscope.metrics import METRICS
+    from dirscope.scoring import LABEL_FREE
+
+    code, _, err = run_cli(["score", "runs/none", "--metric", "kurtosiss"], capsys)
+    assert (
+        code == 2
+        and err.startswith("error: unknown metric 'kurtosiss'; did you mean 'kurtosis'")
+        and err.count("\n") == 1
+    )
+    assert all(name in err for name in [*METRICS.names(), *LABEL_FREE])
+
+
+def test_help_names_every_metric_sweep_and_the_layers_device(capsys):
+    from dirscope.metrics import METRICS
+    from dirscope.scoring import LABEL_FREE
+
+    _, out, _ = run_cli(["score", "--help"], capsys)
+    metric_help = " ".join(out[out.index("--metric") : out.index("--reference")].split())
+    assert "wordnet_similarity" in metric_help and all(name in metric_help for name in [*METRICS.names(), *LABEL_FREE])
+    _, out, _ = run_cli(["run", "--help"], capsys)
+    assert "sweep:N" in out
+    _, out, _ = run_cli(["layers", "--help"], capsys)
+    assert "cpu or cuda[:N]" in " ".join(out[out.index("--device") :].split())
+
+
+def test_fetch_from_a_missing_path_fails_even_when_the_data_is_there(tmp_path, monkeypatch, capsys):
+    from dirscope.data.fetch import MNIST_NPZ
+
+    monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path))
+    (tmp_path / MNIST_NPZ).write_bytes(b"already fetched")
+    code, _, err = run_cli(["fetch", "mnist", "--from", str(tmp_path / "nonexistent.tgz")], capsys)
+    assert code == 2 and err.startswith("error: --from") and "nonexistent.tgz: no such file" in err
+    assert err.count("\n") == 1
+    code, out, _ = run_cli(["fetch", "mnist"], capsys)
+    assert code == 0 and MNIST_NPZ in out
+
+
 def test_every_command_has_help(capsys):
     for command in ([], ["run"], ["layers"], ["fetch"], ["train"], ["figures"], ["demo"], ["sources"]):
         code, out, _ = run_cli([*command, "--help"], capsys)
@@ -162,6 +247,25 @@ def test_run_with_score_prints_a_verdict(project, capsys):
     assert "kurtosis: units" in out and "label purity" not in out
     code, _, err = run_cli(["score", "runs/s", "--compare", "basis"], capsys)
     assert code == 2 and "A:B" in err
+
+
+def test_score_with_a_data_spec_that_cannot_load_fails_in_one_line(project, capsys):
+    rng = np.random.default_rng(1)
+    np.savez("digits.npz", x=rng.integers(0, 256, (60, 1, 28, 28)).astype(np.uint8), y=rng.integers(0, 10, 60))
+    code, _, err = run_cli(
+        "run --model mnist-cnn --layer fc1 --data npz:digits.npz --directions basis:4,random:4 --k 3 "
+        "--null-sample 30 --out runs/d --quiet --no-figures",
+        capsys,
+    )
+    assert code == 0, err
+    fast = "--no-plots --n-boot 20 --n-perm 20 --null-draws 20"
+    code, _, err = run_cli(f"score runs/d --data nope {fast}", capsys)
+    assert code == 2 and err.startswith("error: unknown data source 'nope'") and err.count("\n") == 1
+    # the default reference mnist-mlp@fc2 reads --data: a missing file fails instead of dropping the score
+    code, _, err = run_cli(f"score runs/d --data npz:missing.npz --metric embedding_coherence {fast}", capsys)
+    assert code == 2 and "reference 'mnist-mlp@fc2'" in err and "missing.npz" in err and err.count("\n") == 1
+    code, out, err = run_cli(f"score runs/d --data npz:digits.npz --metric embedding_coherence {fast}", capsys)
+    assert code == 0 and "skipped" not in out + err, err
 
 
 def test_train_command_writes_a_checkpoint_the_run_can_load(project, capsys):

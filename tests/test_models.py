@@ -7,11 +7,14 @@ import sys
 import textwrap
 import warnings
 
+import numpy as np
 import pytest
 import safetensors
 import torch
 from torch import nn
 
+import dirscope
+from dirscope.capture import list_layers
 from dirscope.errors import DirscopeError
 from dirscope.models import MODELS, LoadedModel, MnistCNN, MnistMLP, load_model
 from dirscope.models.builtin import BUILTINS, FASHION_LABELS, load_builtin, preprocess_gray28
@@ -102,6 +105,36 @@ def test_preprocess_makes_gray_28x28_in_unit_range() -> None:
     x = preprocess_gray28(Image.new("RGB", (40, 50), (255, 255, 255)))
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
     assert torch.allclose(x, torch.ones_like(x))
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("mode=rgb", "mode must be L .gray. or RGB, got 'rgb'"),
+        ("mode=RGBA", "mode must be L"),
+        ("resize=0", "resize must be none, a size N or H/W.*got 0$"),
+        ("resize=-3", "resize must be"),
+        ("resize=10/0", "resize must be.*got 10/0$"),
+        ("crop=0", "crop must be none or a whole number >= 1, got 0"),
+        ("crop=-5", "crop must be"),
+        ("mean=nan/0/0", "mean must be finite"),
+        ("std=inf/1/1", "std must be finite and positive"),
+        ("std=0.2/0/0.2", "std must be finite and positive"),
+    ],
+)
+def test_preprocess_override_refuses_values_every_image_would_fail_on(override: str, field: str) -> None:
+    from dirscope.models.imagenet import IMAGENET_PREPROCESS
+
+    with pytest.raises(DirscopeError, match=f"^preprocess {field}") as excinfo:
+        IMAGENET_PREPROCESS.override(override)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_preprocess_accepts_good_sizes_and_modes() -> None:
+    from dirscope.models.imagenet import IMAGENET_PREPROCESS
+
+    gray = IMAGENET_PREPROCESS.override("mode=L,mean=0.5,std=0.25,resize=20/30,crop=none")
+    assert gray.output_shape == (1, 20, 30) and IMAGENET_PREPROCESS.override("resize=none,crop=1").crop == 1
 
 
 def synthetic(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +295,26 @@ def test_torchscript_round_trip(tmp_path) -> None:
     assert loaded.input_shape == (1, 28, 28)
     assert torch.allclose(loaded.module(x), net(x))
     assert "fc1.0" in names(loaded.module)
+
+
+def test_a_torchscript_model_is_scanned_at_its_output(tmp_path) -> None:
+    """TorchScript takes no hooks, so its one layer is its output: the same scan as the module's last layer."""
+    torch.manual_seed(0)
+    net = MnistMLP().eval()
+    path = tmp_path / "mlp.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), str(path))
+    x = synthetic(64)[0].numpy()
+    infos = list_layers(load_model(f"torchscript:{path}").module, torch.from_numpy(x[:2]))
+    assert [(i.name, i.shape) for i in infos] == [("output", (10,))]
+    scripted = dirscope.run(f"torchscript:{path}", "all", x, "basis", k=3, progress=False, figures=False)
+    plain = dirscope.run(net, ["out"], x, "basis", k=3, progress=False, figures=False)
+    assert scripted.layers == ["output"]
+    with pytest.raises(DirscopeError, match="TorchScript model takes no hooks, so its one layer is 'output'"):
+        dirscope.run(f"torchscript:{path}", ["fc1"], x, "basis", progress=False)
+    columns = ["direction", "sign", "rank", "index", "value"]
+    np.testing.assert_array_equal(scripted.topk[columns].to_numpy(), plain.topk[columns].to_numpy())
 
 
 def test_torchscript_errors(tmp_path) -> None:

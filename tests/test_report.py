@@ -172,6 +172,17 @@ def test_report_keeps_a_folder_of_the_same_name_that_it_did_not_write(runs, tmp_
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
+def test_report_never_deletes_folders_named_like_its_staging_ones(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_html, "EMBED_BYTES", 0)
+    for name in ("r_images.old", "r_images.partial"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("a user's own file")
+    write_report(runs["scored"], tmp_path / "r.html")
+    write_report(runs["scored"], tmp_path / "r.html")  # replaces its own folder
+    assert (tmp_path / "r_images.old" / "notes.txt").exists() and (tmp_path / "r_images.partial" / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r_images", "r_images.old", "r_images.partial"]
+
+
 def test_report_without_scores_marks_them_not_computed(runs):
     data = page_data(write_report(runs["plain"], runs["plain"] / "other.html"))
     assert data["verdict"] is None and data["metrics"] == [] and all(d["m"] == [] for d in data["dirs"])
@@ -202,6 +213,16 @@ def test_study_is_balanced_shuffled_blinded_and_reproducible(runs, tmp_path):
     assert make_study(run, per_family=3, seed=1).id == study.id
     assert make_study(run, per_family=3, seed=2).id != study.id
     assert len(make_study(run, per_family=50, layers=["relu"]).key["items"]) == 16  # capped at 8 per family
+
+
+def test_study_with_a_repeated_layer_draws_each_item_once(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=3, layers=["relu", "relu"], seed=1)
+    ids = [it["id"] for it in study.key["items"]]
+    assert len(ids) == len(set(ids)) == 6
+    assert study.key["layers"] == ["relu"]
+    assert study.id == make_study(run, per_family=3, layers=["relu"], seed=1).id
 
 
 def test_study_refuses_families_the_run_lacks(runs):

@@ -4,13 +4,53 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .errors import DirscopeError
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _DerivedHelp(click.Option):
+    """An option whose help is built only when shown, from registries too slow to import at every start."""
+
+    def __init__(self, *args: Any, help_from: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_from = help_from
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self.help_from()
+        return super().get_help_record(ctx)
+
+
+def _metric_names() -> tuple[list[str], list[str]]:
+    """The metrics `score --metric` accepts: the registered coherence metrics and the label-free statistics."""
+    from .metrics import METRICS
+    from .scoring import LABEL_FREE
+
+    return METRICS.names(), list(LABEL_FREE)
+
+
+def _metric_help() -> str:
+    coherence, label_free = _metric_names()
+    return (
+        "Score only these metrics (repeat); default: all that apply. "
+        f"Coherence: {', '.join(coherence)}; label-free: {', '.join(label_free)}."
+    )
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+    """Unknown --metric names fail before any work, listing every name that is accepted."""
+    from .specs import suggest
+
+    known = [name for names in _metric_names() for name in names]
+    for name in metrics:
+        if name not in known:
+            raise DirscopeError(f"unknown metric {name!r}{suggest(name, known)} (known: {', '.join(known)})")
 
 
 @click.group(context_settings=_SETTINGS)
@@ -59,7 +99,8 @@ def cli() -> None:
     "--directions",
     default="basis,random:64",
     show_default=True,
-    help="Direction families joined by commas: basis[:N], random:N, rotation[:ALPHA], pca:N, file:PATH.npy.",
+    help="Direction families joined by commas: basis[:N], random:N, rotation[:ALPHA], sweep:N (N rotation:ALPHA "
+    "from 0 to 1), pca:N, file:PATH.npy. See `dirscope sources`.",
 )
 @click.option("--k", "k", default=9, show_default=True, type=int, help="Examples kept per direction, top and bottom.")
 @click.option(
@@ -105,7 +146,7 @@ def cli() -> None:
     "--fit-samples",
     default=10_000,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Examples sampled (seeded) to fit learned families such as pca.",
 )
 @click.option(
@@ -251,7 +292,7 @@ def _print_summary(result, seconds: float) -> None:
 @click.option("--input-shape", default=None, help="Per-example input shape, e.g. 3,224,224.")
 @click.option("--weights", default=None, help="Checkpoint for torchvision:, timm: or efficientnet-lite0.")
 @click.option("--preprocess", default=None, help="Override the model's image preprocessing, as in `run`.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N], for the one dry forward.")
 def layers(
     model: str, data: str | None, input_shape: str | None, weights: str | None, preprocess: str | None, device: str
 ) -> None:
@@ -260,6 +301,10 @@ def layers(
 
     shape = _parse_shape(input_shape) if input_shape else None
     infos = describe_layers(_model(model, weights, preprocess, device), data=data, input_shape=shape, device=device)
+    if not infos:
+        raise DirscopeError(
+            f"model {model!r} has no hookable layers: dirscope reads the outputs of submodules, and it has none"
+        )
     width = max(len(i.name) for i in infos)
     click.echo(f"{'name':<{width}}  {'type':<18} output (per example)")
     for info in infos:
@@ -286,9 +331,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     "--metric",
     "metrics",
     multiple=True,
-    help="Score only these metrics (repeat); default: all that apply. "
-    "Coherence: label_purity, label_entropy, embedding_coherence, attribute_coherence; label-free: "
-    "kurtosis, zero_fraction, near_zero_fraction, selectivity.",
+    cls=_DerivedHelp,
+    help_from=_metric_help,
 )
 @click.option(
     "--reference",
@@ -313,6 +357,7 @@ def score(run_dir: Path, **opts: object) -> None:
     """
     from .result import Result
 
+    _check_metrics(opts["metrics"])
     _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
 
 
@@ -365,6 +410,8 @@ def fetch(name: str, source: str | None) -> None:
     """
     from .data.fetch import fetch as fetch_data
 
+    if source is not None and not Path(source).expanduser().exists():  # a typo, even when the data is already here
+        raise DirscopeError(f"--from {source}: no such file or folder; give the local copy to read")
     click.echo(f"{name}: {fetch_data(name, source)}")
 
 
@@ -388,7 +435,7 @@ def train(name: str, out: Path | None, data: str | None, epochs: int | None, see
 
 @cli.command(context_settings=_SETTINGS)
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--rows", default=16, show_default=True, type=int, help="Directions per family figure.")
+@click.option("--rows", default=16, show_default=True, type=click.IntRange(min=1), help="Directions per family figure.")
 def figures(run_dir: Path, rows: int) -> None:
     """Draw a run's figures again (e.g. with more rows)."""
     from .figures import write_figures

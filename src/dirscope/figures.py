@@ -169,6 +169,8 @@ def short_label(name: str, limit: int = CAPTION_CHARS) -> str:
 
 def pick_directions(result: Result, layer: str, family: str, n: int) -> list[int]:
     """A seeded, unbiased sample of n directions of a family (all of them when there are fewer)."""
+    if n < 1:
+        raise DirscopeError(f"a figure needs at least 1 row of directions, got {n}")
     rows = result.rows_of(layer, family)
     if rows.size == 0:
         raise DirscopeError(f"layer {layer!r} has no family {family!r}; it has {', '.join(result.families(layer))}")

@@ -91,6 +91,7 @@ def score_run(
         if name not in LABEL_FREE:
             METRICS.entry(name)
     refs = list(references) if references is not None else default_references(result.manifest["model"]["spec"])
+    _check_data_spec(data)
     pool = _pool(result)
     notices: list[str] = []
     scored = _gather_pool_data(result, pool, wanted, refs, data, device, notices, strict=references is not None)
@@ -132,7 +133,8 @@ def _gather_pool_data(
 ) -> list[tuple[str, Metric]]:
     """Fill the pool with what the wanted metrics read; returns (label, metric) pairs that can run.
 
-    A default reference that cannot run is skipped with a notice; one the user named (``strict``) fails.
+    A default reference that cannot run is skipped with a notice; one the user named (``strict``), or a model
+    reference reading the ``data`` the user named, fails: a typo there must not quietly drop a score.
     """
     from .references import HOG, PIXELS, hog_embeddings, model_embeddings, pixel_embeddings
 
@@ -159,7 +161,7 @@ def _gather_pool_data(
                     else:
                         pool.data[key] = model_embeddings(ref, pool.rows, _data_for(result, data), device)
                 except DirscopeError as exc:
-                    if strict:
+                    if strict or (data is not None and ref not in (PIXELS, HOG)):  # it read data the user named
                         raise DirscopeError(f"reference {ref!r}: {exc}") from None
                     notices.append(f"{name}:{ref}: skipped, {exc}")
                     continue
@@ -177,6 +179,14 @@ def _gather_pool_data(
         else:
             notices.append(f"{name}: skipped, dirscope cannot gather {', '.join(metric.needs)} for it")
     return scored
+
+
+def _check_data_spec(data: object) -> None:
+    """A data spec the user gave names a known source, checked before any scoring (loading comes later)."""
+    if isinstance(data, str):
+        from .data import DATA
+
+        DATA.entry(data)
 
 
 def _data_for(result: Result, data: object) -> object:

@@ -8,6 +8,8 @@ into DataLoader workers.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -22,6 +24,7 @@ INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+MODES = ("L", "RGB")  # what __call__ turns into 1 or 3 channels
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,19 @@ class ImagePreprocess:
     mode: str = "RGB"
 
     def __post_init__(self) -> None:
+        """Refuse values that would otherwise fail (or give non-finite inputs) only on every image later."""
         if self.interpolation not in INTERPOLATIONS:
             raise DirscopeError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        if self.mode not in MODES:
+            raise DirscopeError(f"preprocess mode must be L (gray) or RGB, got {self.mode!r}")
+        _check_sizes(self.resize, self.crop)
         channels = 1 if self.mode == "L" else 3
         if len(self.mean) != channels or len(self.std) != channels:
             raise DirscopeError(f"preprocess mode {self.mode} needs {channels} mean and std values")
-        if min(self.std) <= 0:
-            raise DirscopeError(f"preprocess std must be positive, got {self.std}")
+        if not all(math.isfinite(v) for v in self.mean):
+            raise DirscopeError(f"preprocess mean must be finite numbers, got {'/'.join(map(str, self.mean))}")
+        if not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise DirscopeError(f"preprocess std must be finite and positive, got {'/'.join(map(str, self.std))}")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert(self.mode)
@@ -89,6 +98,20 @@ class ImagePreprocess:
             except ValueError:
                 raise DirscopeError(f"bad --preprocess value {item!r}") from None
         return replace(self, **changes)
+
+
+def _check_sizes(resize: object, crop: object) -> None:
+    """resize: None, a size or (height, width); crop: None or a size; every size a whole number >= 1."""
+    sizes = resize if isinstance(resize, tuple) and len(resize) == 2 else (resize,)
+    if resize is not None and not all(_is_size(v) for v in sizes):
+        shown = "/".join(map(str, resize)) if isinstance(resize, tuple) else resize
+        raise DirscopeError(f"preprocess resize must be none, a size N or H/W, each a whole number >= 1; got {shown}")
+    if crop is not None and not _is_size(crop):
+        raise DirscopeError(f"preprocess crop must be none or a whole number >= 1, got {crop}")
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def resized_size(size: tuple[int, int], resize: int | tuple[int, int]) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import html
 import json
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -76,19 +77,27 @@ def write_image_folder(images: ExampleImages, folder: Path) -> dict[int, str]:
     one's source relative to a page in the folder's parent."""
     if folder.exists() and not _holds_only_images(folder):
         raise DirscopeError(f"{folder} holds files a report did not write; move it, or write the report elsewhere")
-    staging, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
-    for stale in (staging, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh folder of our own, so no user's folder of a guessable name (FOLDER.old, ...) is ever deleted
+    work = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+    try:
+        sources = _write_pngs(images, work / "new", folder.name)
+        if folder.exists():
+            folder.rename(work / "old")
+        (work / "new").rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return sources
+
+
+def _write_pngs(images: ExampleImages, staging: Path, name: str) -> dict[int, str]:
+    """Every example as ``STAGING/ROW.png``; its source as seen from a page beside the folder ``name``."""
+    staging.mkdir()
     sources = {}
     for indices, pngs in images.png_groups():
         for row, png in zip(indices.tolist(), pngs, strict=True):
             (staging / f"{row}.png").write_bytes(png)
-            sources[row] = f"{quote(folder.name)}/{row}.png"
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+            sources[row] = f"{quote(name)}/{row}.png"
     return sources
 
 

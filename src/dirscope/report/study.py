@@ -82,7 +82,7 @@ def make_study(
     if not result.images:
         raise DirscopeError("this run has no example images (the data is not image-like), so it cannot be rated")
     seed = int(result.manifest["config"]["seed"] if seed is None else seed)
-    layers = list(layers) if layers else result.layers
+    layers = list(dict.fromkeys(layers)) if layers else result.layers  # a repeat would draw the same items twice
     items = _draw_items(result, layers, families, per_family, seed)
     key: dict[str, Any] = {
         "format": KEY_FORMAT,

@@ -99,6 +99,23 @@ def test_real_wordnet_agrees_with_nltk():
     assert sim[0, 2] < 0.5
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "nltk"),
+    [
+        (7684084, 7693725, 0.8),  # french_loaf.n.01, bagel.n.01: bread.n.01 and starches.n.01 tie, bread sorts first
+        (7892512, 15075141, 0.4),  # red_wine.n.01, toilet_tissue.n.01: part.n.01 and substance.n.01 tie
+        (1742172, 2096437, 18 / 31),  # boa_constrictor.n.01, dandie_dinmont.n.01: a path up past vertebrate.n.01
+    ],
+)
+def test_real_wordnet_follows_nltk_in_ties_and_path_lengths(a, b, nltk):
+    """Values of NLTK 3.10's wup_similarity on WordNet 3.0 (not installed here, so written down)."""
+    try:
+        nouns = WordNetNouns(find_wordnet())
+    except DirscopeError:
+        pytest.skip("WordNet is not installed (make test installs Debian's wordnet-base)")
+    assert nouns.wup(a, b) == pytest.approx(nltk, abs=1e-12)
+
+
 def test_score_is_the_mean_over_pairs():
     rng = np.random.default_rng(0)
     sim = rng.random((5, 5))

@@ -7,8 +7,12 @@ than "terrier" and "espresso"), which label purity cannot see. WordNet is read s
 there, so each lookup is one seek, and nothing is loaded whole.
 
 Wu–Palmer follows NLTK's ``wup_similarity``: the subsumer is the common hypernym (instance hypernyms
-included) of greatest minimum depth, ties broken here by the smaller offset; with depth d = its maximum
-depth + 1 and shortest distances l_a, l_b from each synset to it, wup = 2d / (l_a + l_b + 2d).
+included) of greatest minimum depth; with depth d = its maximum depth + 1 and NLTK's path lengths l_a, l_b
+from each synset to it, wup = 2d / (l_a + l_b + 2d). NLTK's ``shortest_path_distance`` joins two synsets
+through any common ancestor, so l_a may go past the subsumer and back down to it when that is shorter
+than a's own hypernym path to it. Ties for the subsumer are broken as NLTK breaks them:
+the first synset itself if it is one, else the one whose NLTK name (``lemma.n.NN``, the first lemma and its
+sense number in ``index.noun``, found by bisection) sorts first. So wup(a, b) may differ from wup(b, a).
 """
 
 from __future__ import annotations
@@ -58,15 +62,18 @@ class WordNetNouns:
     def __init__(self, data_noun: str | Path) -> None:
         self.path = Path(data_noun)
         self._hypernyms: dict[int, tuple[int, ...]] = {}
+        self._lemmas: dict[int, str] = {}
+        self._distances: dict[int, dict[int, int]] = {}
         self._depths: dict[int, tuple[int, int]] = {}
 
     def hypernyms(self, offset: int) -> tuple[int, ...]:
         """Hypernyms and instance hypernyms of the synset at ``offset``."""
         if offset not in self._hypernyms:
-            self._hypernyms[offset] = self._read(offset)
+            self._lemmas[offset], self._hypernyms[offset] = self._read(offset)
         return self._hypernyms[offset]
 
-    def _read(self, offset: int) -> tuple[int, ...]:
+    def _read(self, offset: int) -> tuple[str, tuple[int, ...]]:
+        """The synset's first lemma, lowercased as in NLTK's names, and its (instance) hypernyms."""
         with self.path.open("rb") as fh:
             fh.seek(offset)
             fields = fh.readline().decode("utf-8", "replace").split(" | ")[0].split()
@@ -76,10 +83,21 @@ class WordNetNouns:
         at = 4 + 2 * n_words
         n_pointers = int(fields[at])
         pointers = [fields[at + 1 + 4 * i : at + 5 + 4 * i] for i in range(n_pointers)]
-        return tuple(int(p[1]) for p in pointers if p[0] in HYPERNYM_SYMBOLS and p[2] == "n")
+        return fields[4].lower(), tuple(int(p[1]) for p in pointers if p[0] in HYPERNYM_SYMBOLS and p[2] == "n")
+
+    def name(self, offset: int) -> str:
+        """NLTK's name of the synset, ``lemma.n.NN``: its first lemma and that lemma's sense number."""
+        self.hypernyms(offset)
+        lemma = self._lemmas[offset]
+        senses = _senses(str(self.path.with_name("index.noun")), lemma)
+        if offset not in senses:
+            raise DirscopeError(f"n{offset:08d} is not listed under {lemma!r} in the index.noun beside {self.path}")
+        return f"{lemma}.n.{senses.index(offset) + 1:02d}"
 
     def distances(self, offset: int) -> dict[int, int]:
         """Shortest distance from the synset to itself and to each of its ancestors."""
+        if offset in self._distances:
+            return self._distances[offset]
         dist = {offset: 0}
         queue = deque([offset])
         while queue:
@@ -88,6 +106,7 @@ class WordNetNouns:
                 if parent not in dist:
                     dist[parent] = dist[node] + 1
                     queue.append(parent)
+        self._distances[offset] = dist
         return dist
 
     def depths(self, offset: int) -> tuple[int, int]:
@@ -106,9 +125,51 @@ class WordNetNouns:
         common = set(da) & set(db)
         if not common:
             return 0.0
-        subsumer = min(common, key=lambda s: (-self.depths(s)[0], s))
+        deepest = max(self.depths(s)[0] for s in common)
+        tied = [s for s in common if self.depths(s)[0] == deepest]
+        subsumer = a if a in tied else tied[0] if len(tied) == 1 else min(tied, key=self.name)
         depth = self.depths(subsumer)[1] + 1
-        return 2.0 * depth / (da[subsumer] + db[subsumer] + 2 * depth)
+        ds = self.distances(subsumer)
+        la, lb = (min(d[s] + ds[s] for s in ds if s in d) for d in (da, db))
+        return 2.0 * depth / (la + lb + 2 * depth)
+
+
+@lru_cache(maxsize=4096)
+def _senses(index_noun: str, lemma: str) -> list[int]:
+    """The synset offsets of a noun lemma in sense order, from its line of the sorted ``index.noun``."""
+    key = lemma.encode()
+    try:
+        with open(index_noun, "rb") as fh:
+            lo, hi = 0, fh.seek(0, 2)
+            while lo < hi:  # the first position whose next line's lemma is >= key
+                mid = (lo + hi) // 2
+                found = _lemma_after(fh, mid)
+                if found is not None and found < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            fh.seek(max(lo - 1, 0))
+            if lo > 0:
+                fh.readline()
+            fields = fh.readline().split()
+    except OSError:
+        raise DirscopeError(f"cannot read {index_noun} (WordNet's index.noun); {INSTALL_HINT}") from None
+    if not fields or fields[0] != key:
+        raise DirscopeError(f"{lemma!r} is not in {index_noun}")
+    n_synsets = int(fields[2])
+    return [int(offset) for offset in fields[-n_synsets:]]
+
+
+def _lemma_after(fh, position: int) -> bytes | None:
+    """The lemma of the first line starting at or after ``position`` (b"" for the licence's indented lines;
+    None past the end)."""
+    fh.seek(max(position - 1, 0))
+    if position > 0:
+        fh.readline()  # to the end of the line holding position - 1
+    line = fh.readline()
+    if not line.strip():
+        return None
+    return b"" if line.startswith(b" ") else line.split(b" ", 1)[0]
 
 
 @lru_cache(maxsize=4)

@@ -134,6 +134,16 @@ def test_identical_groups_give_p_one_and_zero_interval():
     assert c.effect == 0.0 and c.p_value == 1.0 and c.ci_low == c.ci_high == 0.0 and c.cliffs_delta == 0.0
 
 
+@pytest.mark.parametrize("shift", [1e6, 1e10])
+def test_permutation_p_does_not_change_when_every_score_is_shifted(shift):
+    """Ties are judged against the scores' spread: a constant that all share changes no difference of means."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.3, 12), rng.normal(0.0, 0.3, 12)
+    plain = compare_samples(a, b, rng=np.random.default_rng(1), n_boot=20, n_perm=2000).p_value
+    shifted = compare_samples(a + shift, b + shift, rng=np.random.default_rng(1), n_boot=20, n_perm=2000).p_value
+    assert plain == shifted < 0.01
+
+
 # --- Cliff's delta ------------------------------------------------------------------------------------------------
 
 

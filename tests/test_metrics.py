@@ -330,6 +330,15 @@ def test_null_cache_shares_one_summary_per_key():
     np.testing.assert_array_equal(fresh.draws, first.draws)  # seeded: a recomputation is identical
 
 
+def test_a_label_count_null_keys_its_cache_on_its_constants_too():
+    wordnet, cache = get_metric("wordnet_similarity"), NullCache()
+    unrelated, alike = {"label_similarity": np.eye(3)}, {"label_similarity": np.ones((3, 3))}
+    counts = {0: 20, 1: 20, 2: 20}
+    a = null_summary(wordnet, 6, np.random.default_rng(0), population=unrelated, label_counts=counts, cache=cache)
+    b = null_summary(wordnet, 6, np.random.default_rng(0), population=alike, label_counts=counts, cache=cache)
+    assert len(cache) == 2 and a.mean < 1.0 and b.mean == 1.0
+
+
 def test_null_needs_its_source():
     with pytest.raises(DirscopeError, match="label_counts"):
         null_summary(PURITY, 3, np.random.default_rng(0), population={"labels": np.zeros(9, np.int64)})

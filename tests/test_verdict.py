@@ -180,6 +180,18 @@ def test_label_metrics_are_skipped_without_labels(tmp_path):
     assert {r["metric"] for r in verdict.records} >= {"kurtosis", "zero_fraction"}
 
 
+def test_metrics_needing_larger_sets_are_skipped_by_default_and_fail_when_named():
+    rng = np.random.default_rng(0)
+    x, y = (rng.random((120, 1, 8, 8)) * 120).astype(np.uint8), rng.integers(0, 3, 120)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6))
+    res = dirscope.run(model, ["1"], (x, y), "basis,random:6", k=1, progress=False, null_sample=100)
+    verdict = res.score(null_draws=50, n_boot=50, n_perm=50, plots=False)
+    assert "attribute_coherence: skipped, it needs sets of at least 2 examples and the run kept k=1" in verdict.notices
+    assert {r["metric"] for r in verdict.records} >= {"label_purity", "kurtosis"}
+    with pytest.raises(DirscopeError, match="needs sets of at least 2 examples, got k=1"):
+        res.score(metrics=["attribute_coherence"], null_draws=50, n_boot=50, n_perm=50, plots=False)
+
+
 def test_bad_scoring_input(tmp_path, scored_run):
     out = scored_run[0]
     with pytest.raises(DirscopeError, match="unknown metric 'purity'"):

@@ -169,15 +169,17 @@ def _permutation_p(x: np.ndarray, y: np.ndarray, n_perm: int, rng: np.random.Gen
 
     Counting the observed split once keeps p > 0 and the test valid for any ``n_perm``. Permuted
     differences within a relative 1e-9 of the observed one count as ties, since the same split summed in
-    another order can differ in the last bits.
+    another order can differ in the last bits. The scores are centred first, so that this tolerance is
+    relative to their spread, not to a constant that all of them share (which changes no difference).
     """
     pooled = np.concatenate([x, y])
+    pooled = pooled - pooled.mean()
     total = pooled.sum()
 
     def difference(sum_a: np.ndarray | float) -> np.ndarray | float:
         return sum_a / x.size - (total - sum_a) / y.size
 
-    observed = abs(difference(x.sum()))
+    observed = abs(difference(pooled[: x.size].sum()))
     tolerance = _TIE_RTOL * max(float(np.abs(pooled).max()), abs(observed))
     hits = 0
     for rows in _blocks(n_perm, pooled.size):

@@ -94,6 +94,8 @@ def score_run(
     _check_data_spec(data)
     pool = _pool(result)
     notices: list[str] = []
+    if metrics is None:  # by default, metrics that need larger sets than the run kept are skipped, not fatal
+        wanted = _fitting_k(wanted, int(result.manifest["config"]["k"]), notices)
     scored = _gather_pool_data(result, pool, wanted, refs, data, device, notices, strict=references is not None)
     frames, higher, kinds = [], {}, {}
     cache = NullCache()
@@ -179,6 +181,18 @@ def _gather_pool_data(
         else:
             notices.append(f"{name}: skipped, dirscope cannot gather {', '.join(metric.needs)} for it")
     return scored
+
+
+def _fitting_k(names: list[str], k: int, notices: list[str]) -> list[str]:
+    """The metrics that can score sets of ``k`` examples; a notice for each of the others."""
+    fit = []
+    for name in names:
+        min_k = 1 if name in LABEL_FREE else get_metric(name).min_k
+        if k >= min_k:
+            fit.append(name)
+        else:
+            notices.append(f"{name}: skipped, it needs sets of at least {min_k} examples and the run kept k={k}")
+    return fit
 
 
 def _check_data_spec(data: object) -> None:

@@ -166,10 +166,11 @@ def population_subsets(k: int, draws: int, rng: np.random.Generator, size: int) 
 def _fingerprint(metric: Metric, population: Pool | None, label_counts: Mapping[int, int] | None) -> str:
     """A content hash of what this metric's null reads, for callers without a dataset fingerprint."""
     digest = hashlib.sha256()
-    if metric.null == "label_counts":
+    read = (*metric.needs, *metric.constants)
+    if metric.null == "label_counts":  # labels come from the counts; constants (a similarity matrix) from the pool
         digest.update(repr(sorted((int(c), int(n)) for c, n in (label_counts or {}).items())).encode())
-        return digest.hexdigest()
-    for key in (*metric.needs, *metric.constants):
+        read = metric.constants
+    for key in read:
         array = np.ascontiguousarray((population or {}).get(key, np.zeros(0)))
         digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
         digest.update(array.tobytes())

@@ -249,6 +249,22 @@ def test_run_with_score_prints_a_verdict(project, capsys):
     assert code == 2 and "A:B" in err
 
 
+def test_compare_splits_at_the_colon_between_two_families(project, capsys):
+    code, _, err = run_cli(
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis,rotation:0.5,random:6 "
+        "--k 5 --out runs/c --quiet",
+        capsys,
+    )
+    assert code == 0, err
+    compare = "--compare rotation:0.5:random"
+    code, _, err = run_cli(f"score runs/c --metric kurtosis --no-plots --n-perm 50 {compare}", capsys)
+    assert code == 0, err
+    verdict = json.loads((project / "runs/c/verdict.json").read_text())
+    assert {(r["family_a"], r["family_b"]) for r in verdict["comparisons"]} >= {("rotation:0.5", "random")}
+    code, _, err = run_cli("score runs/c --no-plots --compare rotation:0.7:random", capsys)
+    assert code == 2 and "no family 'rotation'" in err
+
+
 def test_score_with_a_data_spec_that_cannot_load_fails_in_one_line(project, capsys):
     rng = np.random.default_rng(1)
     np.savez("digits.npz", x=rng.integers(0, 256, (60, 1, 28, 28)).astype(np.uint8), y=rng.integers(0, 10, 60))

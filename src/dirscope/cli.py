@@ -361,15 +361,25 @@ def score(run_dir: Path, **opts: object) -> None:
     _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
 
 
+def _family_pair(text: str, families: set[str]) -> tuple[str, str]:
+    """``A:B`` split at the colon that leaves a family of the run on both sides (names such as
+    ``rotation:0.5`` hold colons themselves); with none, at the first colon, for scoring to name the unknown."""
+    splits = [(text[:i], text[i + 1 :]) for i, char in enumerate(text) if char == ":"]
+    known = [(a, b) for a, b in splits if a in families and b in families]
+    if len(known) > 1:
+        raise DirscopeError(f"--compare {text}: splits into two families in more than one way")
+    if known:
+        return known[0]
+    if not splits or not all(splits[0]):
+        raise DirscopeError(f"--compare takes two families as A:B, got {text!r}")
+    return splits[0]
+
+
 def _score_and_print(result, plots: bool = True, **opts: object) -> None:
     from .verdict import summary_lines
 
-    pairs = []
-    for text in opts.pop("pairs", ()) or ():
-        a, sep, b = str(text).partition(":")
-        if not sep or not a or not b:
-            raise DirscopeError(f"--compare takes two families as A:B, got {text!r}")
-        pairs.append((a, b))
+    families = {family for layer in result.layers for family in result.families(layer)}
+    pairs = [_family_pair(str(text), families) for text in opts.pop("pairs", ()) or ()]
     opts["metrics"] = list(opts["metrics"]) or None if "metrics" in opts else None
     opts["references"] = list(opts["references"]) or None if "references" in opts else None
     verdict = result.score(compare=pairs, plots=plots, **opts)

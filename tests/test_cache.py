@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import dirscope
+import dirscope.engine
 from dirscope.errors import DirscopeError
 from test_cli import TINY_MODEL, run_cli
 
@@ -104,6 +105,59 @@ def test_a_run_from_a_float32_cache_equals_a_run_from_the_model(tmp_path, pool):
     assert from_cache.manifest["model"]["spec"] == from_model.manifest["model"]["spec"]
     assert from_cache.manifest["model"]["from_cache"] == str((out / "cache").resolve())
     assert from_cache.manifest["data"]["label_counts"] == from_model.manifest["data"]["label_counts"]
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_a_cache_written_under_bf16_autocast_gives_the_model_runs_results(tmp_path, pool):
+    """The fit pass runs under the scan's autocast, so pca learns from the activations that are cached."""
+    settings = dict(k=5, pool=pool, batch_size=32, autocast="bf16", progress=False, figures=False)
+    out = tmp_path / "c"
+    dirscope.run(Net(), LAYERS, data(), "basis", **settings, out=str(out), cache=True)
+    assert json.loads((out / "cache" / "index.json").read_text())["autocast"] == "bf16"
+    from_cache = dirscope.run(directions=NEW, **settings, from_cache=str(out))
+    from_model = dirscope.run(Net(), LAYERS, data(), NEW, **settings)
+    for layer in LAYERS:
+        np.testing.assert_array_equal(from_cache.vectors(layer), from_model.vectors(layer))
+    pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+    pd.testing.assert_frame_equal(from_cache.stats, from_model.stats)
+
+
+def test_a_cache_of_an_npz_records_the_files_identity_and_resumes(tmp_path, monkeypatch):
+    """The data file's identity goes in the cache header; a run from the cache reads it back unchanged, and a
+    checkpoint of that run is resumed while the file stays the same."""
+    path = tmp_path / "d.npz"
+    x, y = data(100)
+    np.savez(path, x=x, y=y)
+    settings = dict(k=3, batch_size=16, progress=False, figures=False)
+    dirscope.run(Net(), LAYERS, f"npz:{path}", "basis", **settings, out=str(tmp_path / "c"), cache=True)
+    described = json.loads((tmp_path / "c" / "cache" / "index.json").read_text())["data"]
+    stat = path.stat()
+    assert described["content"] == {"files": [{"file": "d.npz", "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}]}
+    run = dict(directions="random:4,pca:2", **settings, from_cache=str(tmp_path / "c"))
+    whole = dirscope.run(**run)
+    assert whole.manifest["data"]["content"] == described["content"]
+    real, calls = dirscope.engine._Folds.add, []
+
+    def crash_in_the_third_batch(self, idx, acts):
+        calls.append(idx)
+        if len(calls) == 3:
+            raise Crash
+        return real(self, idx, acts)
+
+    monkeypatch.setattr(dirscope.engine._Folds, "add", crash_in_the_third_batch)
+    with pytest.raises(Crash):
+        dirscope.run(**run, out=str(tmp_path / "r"), checkpoint_every=1e-9)
+    monkeypatch.undo()
+    resumed = dirscope.run(**run, out=str(tmp_path / "r"), resume=True)
+    pd.testing.assert_frame_equal(resumed.topk, whole.topk)
+
+
+def test_a_layer_given_twice_is_refused_as_from_the_model(cache_dir):
+    message = "the same layer is given twice; give each --layer once"
+    with pytest.raises(DirscopeError, match=message):
+        dirscope.run(directions="random:2", k=2, layers=["relu", "relu"], from_cache=str(cache_dir), progress=False)
+    with pytest.raises(DirscopeError, match=message):
+        dirscope.run(Net(), ["relu", "relu"], data(60), "random:2", k=2, progress=False)
 
 
 def test_a_float16_cache_is_half_the_size_and_close(tmp_path):

@@ -270,6 +270,8 @@ def test_folding_each_batch_two_batches_late_changes_nothing(monkeypatch, tally)
         ({"data": np.zeros((0, 1, 6, 6), np.float32)}, "empty"),
         ({"model": "no-such-model"}, "unknown model"),
         ({"data": "no-such-data"}, "unknown data source"),
+        ({"directions": "pca:2", "fit_samples": 0}, "--fit-samples must be at least 1, got 0"),
+        ({"directions": "pca:2", "fit_samples": -5}, "--fit-samples must be at least 1, got -5"),
     ],
 )
 def test_bad_input_is_one_clear_line(kwargs, message):

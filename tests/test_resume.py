@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 import dirscope
+import dirscope.engine
 from dirscope.checkpoint import CHECKPOINT_DIR, save_checkpoint
 from dirscope.cli import main
 from dirscope.data import load_data
 from dirscope.errors import DirscopeError
+from dirscope.models import LoadedModel
 from test_engine import TinyConv, tiny_data
 
 SLOW_MODEL = textwrap.dedent("""
@@ -205,6 +208,96 @@ def test_a_checkpoint_made_otherwise_is_refused(tmp_path, change, message):
     with pytest.raises(DirscopeError, match=message) as err:
         dirscope.run(model, data=data, **settings, out=str(tmp_path), resume=True, progress=False)
     assert "\n" not in str(err.value) and "--overwrite to start over" in str(err.value)
+
+
+class Pooled(nn.Module):
+    """Conv, upsampling by ``scale`` (no weights), then a pooled head: the weights do not depend on ``scale``,
+    the shape of layer ``up`` does."""
+
+    def __init__(self, scale: int = 1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=scale)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.up(self.conv(x))).flatten(1))
+
+
+def crash_after(monkeypatch, batches: int) -> None:
+    """Raise Crash when the scan reaches batch ``batches + 1`` (checkpoints before it are kept)."""
+    real, seen = dirscope.engine._Folds.add, []
+
+    def add(self, idx, acts):
+        seen.append(idx)
+        if len(seen) > batches:
+            raise Crash
+        return real(self, idx, acts)
+
+    monkeypatch.setattr(dirscope.engine._Folds, "add", add)
+
+
+def crash_then_resume(monkeypatch, out, first: dict, then: dict) -> DirscopeError:
+    """Crash a checkpointed run made with ``first`` in its 3rd batch; the error resuming it with ``then``."""
+    settings = dict(directions="basis", k=3, batch_size=8, out=str(out), progress=False)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(Crash):
+            dirscope.run(**first, **settings, checkpoint_every=1e-9)
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run(**then, **settings, resume=True)
+    assert "\n" not in str(err.value) and "--overwrite to start over" in str(err.value)
+    return err.value
+
+
+def test_a_checkpoint_made_with_another_preprocessing_is_refused(tmp_path, monkeypatch):
+    def model(resize: int) -> LoadedModel:
+        return LoadedModel(Pooled(), "pooled", info={"preprocess": {"resize": resize, "crop": None}})
+
+    x = tiny_data(40)[0]
+    first, then = dict(model=model(8), layers=["fc"], data=x), dict(model=model(6), layers=["fc"], data=x)
+    err = crash_then_resume(monkeypatch, tmp_path, first, then)
+    assert "was made with another preprocessing resize (8, now 6)" in str(err)
+
+
+def test_a_checkpoint_made_with_other_layer_shapes_is_refused(tmp_path, monkeypatch):
+    x = tiny_data(40)[0]
+    first, then = dict(model=Pooled(1), layers=["up"], data=x), dict(model=Pooled(2), layers=["up"], data=x)
+    err = crash_then_resume(monkeypatch, tmp_path, first, then)
+    assert "was made with another layer shape of up ([3, 6, 6], now [3, 12, 12])" in str(err)
+
+
+def test_a_checkpoint_of_a_data_file_rewritten_at_the_same_size_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=tiny_data(40, seed=0)[0])
+    data = dict(model=TinyConv(), layers=["fc"], data=f"npz:{path}")
+    settings = dict(directions="basis", k=3, batch_size=8, out=str(tmp_path / "run"), progress=False)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(Crash):
+            dirscope.run(**data, **settings, checkpoint_every=1e-9)
+    dirscope.run(**data, **settings, resume=True)  # the same file: resumed
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(Crash):
+            dirscope.run(**data, **settings, overwrite=True, checkpoint_every=1e-9)
+    before = path.stat()
+    np.savez(path, x=tiny_data(40, seed=1)[0])  # other pixels, the same number of bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # a coarse clock could keep the mtime
+    assert path.stat().st_size == before.st_size
+    with pytest.raises(DirscopeError, match=r"another version of the data files \(by size and mtime\)") as err:
+        dirscope.run(**data, **settings, resume=True)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("every", [float("inf"), float("nan"), -1.0])
+def test_checkpoint_every_must_be_finite_and_not_negative(tmp_path, every):
+    with pytest.raises(DirscopeError, match=r"--checkpoint-every must be >= 0 seconds and finite") as err:
+        dirscope.run(TinyConv(), ["fc"], tiny_data()[0], "basis", k=2, out=str(tmp_path), checkpoint_every=every)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 def test_resume_needs_a_checkpoint_and_a_checkpoint_needs_resume_or_overwrite(tmp_path):

@@ -1,7 +1,8 @@
 """The activation cache: what the projection consumes, written once, so new directions need no model.
 
-    <out>/cache/index.json            format, model (spec, weights sha256), data (as the manifest records it),
-                                      pool, dtype, batch size, limit, N, every layer's layout, every chunk
+    <out>/cache/index.json            format, model (spec, weights sha256, info such as its preprocessing),
+                                      data (as the manifest records it), pool, dtype, autocast (the scan's:
+                                      null or "bf16"), batch size, limit, N, every layer's layout, every chunk
                                       (with ``crc32``: {"rows": ..., "<layer dir>": ...}, the zlib CRC-32
                                       of each of the chunk's files)
     <out>/cache/rows/NNNNNN.npy       int64 [n, 3]: dataset index, label (-1 unknown), batch number

@@ -80,9 +80,14 @@ def resolve_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
             raise DirscopeError(
                 f"unknown layer {name!r}{suggest(name, available)}; list the names with `dirscope layers MODEL`"
             )
+    check_unique_layers(names)
+    return list(names)
+
+
+def check_unique_layers(names: Sequence[str]) -> None:
+    """A layer given twice would be scanned and listed twice but stored once."""
     if len(set(names)) != len(names):
         raise DirscopeError("the same layer is given twice; give each --layer once")
-    return list(names)
 
 
 def _reshapes_only(module: nn.Module) -> bool:

@@ -25,18 +25,27 @@ from .atomic import write_json, write_with
 from .errors import DirscopeError
 
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FORMAT = "dirscope-checkpoint/2"  # 2: the null sample keeps the rows of smallest hashed key
+# 2: the null sample keeps the rows of smallest hashed key; 3: the fingerprint holds the model's info (its
+# preprocessing), the layer shapes and the data files' identity, which a /2 checkpoint cannot be checked against
+CHECKPOINT_FORMAT = "dirscope-checkpoint/3"
 _INDEX = "checkpoint.json"
-# Fingerprint keys as a user knows them, for the one-line refusal.
+# Fingerprint keys as a user knows them, for the one-line refusal. A key below one of these (``model.info.
+# preprocess.resize``, ``shapes.conv``) is named by the longest one it starts with, followed by the rest.
 _WHAT = {
     "format": "checkpoint format",
     "run_format": "run format",
     "model.spec": "model",
     "model.weights_sha256": "model weights (sha256 of the state_dict)",
+    "model.info": "model info",
+    "model.info.preprocess": "preprocessing",
     "from_cache": "--from-cache",
     "data.spec": "data",
     "data.size": "data size",
+    "data.content": "version of the data files",
+    "data.content.files": "version of the data files (by size and mtime)",
+    "data.content.sha256": "version of the data files (by sha256)",
     "layers": "layers",
+    "shapes": "layer shape of",
     "directions": "--directions",
     "seed": "--seed",
     "k": "--k",
@@ -71,7 +80,7 @@ class Checkpoint:
         for key in sorted(saved.keys() | now.keys()):
             if saved.get(key) != now.get(key):
                 raise DirscopeError(
-                    f"the checkpoint in {folder} was made with another {_WHAT.get(key, key)} "
+                    f"the checkpoint in {folder} was made with another {_what(key)} "
                     f"({_short(saved.get(key))}, now {_short(now.get(key))}); resume with the same settings, "
                     "or pass --overwrite to start over"
                 )
@@ -129,6 +138,16 @@ def load_checkpoint(out: Path) -> Checkpoint:
 def remove_checkpoint(out: Path) -> None:
     """Called once the run directory is complete: the checkpoint has nothing left to recover."""
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def _what(key: str) -> str:
+    """A flattened fingerprint key as a user knows it: its name in _WHAT, or its nearest named parent's."""
+    parts = key.split(".")
+    for cut in range(len(parts), 0, -1):
+        named = _WHAT.get(".".join(parts[:cut]))
+        if named is not None:
+            return " ".join([named, ".".join(parts[cut:])]).strip()
+    return key
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -76,6 +77,8 @@ class RunConfig:
             raise DirscopeError(f"--limit must be at least 1, got {self.limit}")
         if self.null_sample < 0:
             raise DirscopeError(f"--null-sample must be >= 0, got {self.null_sample}")
+        if self.fit_samples < 1:
+            raise DirscopeError(f"--fit-samples must be at least 1, got {self.fit_samples}")
         if self.bins < 2:
             raise DirscopeError(f"--bins must be at least 2, got {self.bins}")
         if self.cache is not None and self.cache not in CACHE_DTYPES:
@@ -261,8 +264,10 @@ def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float,
         raise DirscopeError("give --resume (continue the run in --out) or --overwrite (start over), not both")
     if out is None and (resume or cache):
         raise DirscopeError(f"{'--resume' if resume else '--cache'} needs --out, the run directory")
-    if checkpoint_every < 0:
-        raise DirscopeError(f"--checkpoint-every must be >= 0 seconds (0: no checkpoints), got {checkpoint_every}")
+    if not (math.isfinite(checkpoint_every) and checkpoint_every >= 0):  # inf breaks the manifest; nan is never due
+        raise DirscopeError(
+            f"--checkpoint-every must be >= 0 seconds and finite (0: no checkpoints), got {checkpoint_every}"
+        )
 
 
 def _check_engine(engine: str, ray_address: str | None, ray_workers: int | None, cache: bool) -> None:
@@ -288,16 +293,28 @@ def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache
 
 
 def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
-    """Everything a checkpoint's state depends on, compared field by field on resume."""
+    """Everything a checkpoint's state depends on, compared field by field on resume.
+
+    The model's info holds its preprocessing, which changes the activations without changing the weights;
+    the layer shapes catch the rest of that; the data's content identity catches a rewritten data file.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "run_format": RUN_FORMAT,
-        "model": {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]},
+        "model": _model_record(feed),
         "from_cache": feed.model.get("from_cache"),
-        "data": {"spec": feed.rows.spec, "size": feed.rows.size},
+        "data": {"spec": feed.rows.spec, "size": feed.rows.size, "content": feed.rows.describe().get("content")},
         "layers": feed.names,
+        "shapes": {name: list(shape) for name, shape in feed.shapes.items()},
         **config.__dict__,
     }
+
+
+def _model_record(feed: Feed) -> dict[str, Any]:
+    """The model as checkpoints and caches record it: spec, weights digest and any info (e.g. preprocessing)."""
+    record = {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]}
+    info = feed.model.get("info")
+    return {**record, "info": info} if info else record
 
 
 def _checkpoint_to_resume(out: Path, fingerprint: dict[str, Any]) -> Checkpoint:
@@ -376,7 +393,8 @@ class _FitActivations:
         first = None if subset is not None else min(cfg.fit_samples, cfg.limit or cfg.fit_samples)
         rng = numpy_rng(cfg.seed, "fit-positions")
         chunks: dict[str, list[np.ndarray]] = {n: [] for n in self.feed.names}
-        with torch.inference_mode():
+        # under the scan's autocast: fit on the activations that are scanned (and cached, for --from-cache)
+        with torch.inference_mode(), autocast_for(cfg.device, cfg.autocast):
             for _, _, acts in self.feed.stream(cfg.batch_size, indices=subset, limit=first):
                 for name, act in acts.items():
                     act = act[finite_rows(act)].float()
@@ -623,10 +641,11 @@ def _cache_writer(
     out: Path, feed: Feed, plans: list[LayerPlan], config: RunConfig, checkpoint: Checkpoint | None
 ) -> CacheWriter:
     header = {
-        "model": {"spec": feed.model["spec"], "weights_sha256": feed.model["weights_sha256"]},
+        "model": _model_record(feed),
         "data": feed.rows.describe(),
         "pool": config.pool,
         "dtype": config.cache,
+        "autocast": config.autocast,  # the activations are those of the scan's forward, under this autocast
         "batch_size": config.batch_size,
         "limit": config.limit,
     }

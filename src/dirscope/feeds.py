@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .cache import CachedRows, CacheReader, Step
-from .capture import Capture, list_layers, resolve_layers
+from .capture import Capture, check_unique_layers, list_layers, resolve_layers
 from .checkpoint import weights_digest
 from .data import DataSource, load_data
 from .errors import DirscopeError
@@ -102,6 +102,7 @@ class CacheFeed:
     def __init__(self, path: Any, layers: Sequence[str] | None, data: Any, pool: str) -> None:
         self.reader = CacheReader(path)
         self.names = list(layers) if layers else self.reader.names
+        check_unique_layers(self.names)
         self.reader.check(self.names, pool)
         self.shapes = {name: self.reader.shape(name) for name in self.names}
         self.rows = CachedRows(self.reader, data)

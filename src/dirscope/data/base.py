@@ -6,6 +6,8 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +27,13 @@ class DataSource(ABC):
 
     Subclasses set ``spec`` (how to build it again), ``label_names`` (or None) and implement the
     abstract methods. ``size`` is None only for one-shot iterables whose length is unknown up front.
+    Sources read from a few files set ``content`` (see :func:`files_content`), so that a checkpoint or a
+    cache can tell a rewritten file from the one it was made from.
     """
 
     spec: str = "<python object>"
     label_names: list[str] | None = None
+    content: dict[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -58,8 +63,21 @@ class DataSource(ABC):
         return None
 
     def describe(self) -> dict:
-        """What the manifest records about this source."""
-        return {"spec": self.spec, "size": self.size, "label_names": self.label_names}
+        """What the manifest records about this source (``content`` only where the source knows it)."""
+        described = {"spec": self.spec, "size": self.size, "label_names": self.label_names}
+        return described if self.content is None else {**described, "content": self.content}
+
+
+def files_content(*paths: Path) -> dict[str, Any]:
+    """A cheap identity of data files: name, size and modification time of each, read without the bytes.
+
+    A rewritten file of the same size still gets another mtime; a checkpoint from it is then refused.
+    """
+    files = []
+    for path in paths:
+        stat = path.stat()
+        files.append({"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return {"files": files}
 
 
 def to_display_image(x: np.ndarray | torch.Tensor) -> np.ndarray | None:

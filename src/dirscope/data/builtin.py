@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DirscopeError
 from .arrays import ArraySource
-from .base import DataSource
+from .base import DataSource, files_content
 from .fetch import FASHION_SHA256, MNIST_FULL_DIR, MNIST_NPZ, data_home, fashion_mnist_dir
 from .idx import read_idx_pair
 from .registry import DATA, Preprocess
@@ -82,9 +84,19 @@ def load_mnist_npz() -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def image_source(x: np.ndarray, y: np.ndarray, label_names: list[str], spec: str) -> ArraySource:
-    """28x28 uint8 images as model inputs [N,1,28,28] in [0,1], displayed as they are."""
-    return ArraySource(x[:, None], y, label_names, spec=spec, display=x)
+def image_source(
+    x: np.ndarray, y: np.ndarray, label_names: list[str], spec: str, content: dict[str, Any] | None = None
+) -> ArraySource:
+    """28x28 uint8 images as model inputs [N,1,28,28] in [0,1], displayed as they are; ``content`` identifies
+    the files they were read from (see :func:`dirscope.data.base.files_content`)."""
+    source = ArraySource(x[:, None], y, label_names, spec=spec, display=x)
+    source.content = content
+    return source
+
+
+def pinned_content(paths: tuple[Path, ...], sha256: dict[str, str]) -> dict[str, Any]:
+    """The identity of files checked against pinned digests: the digests themselves, exact and free."""
+    return {"sha256": {path.name: sha256[path.name] for path in paths}}
 
 
 def idx_names(train: bool) -> tuple[str, str]:
@@ -98,7 +110,9 @@ def idx_names(train: bool) -> tuple[str, str]:
 )
 def build_mnist(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
     train = parse_split("mnist", arg, "the held-out digits")
-    return image_source(*mnist_digits(train), MNIST_LABELS, "mnist:train" if train else "mnist")
+    path = data_home() / MNIST_NPZ
+    content = files_content(path) if path.is_file() else None  # taken before reading; missing: load_mnist_npz says
+    return image_source(*mnist_digits(train), MNIST_LABELS, "mnist:train" if train else "mnist", content)
 
 
 @DATA.register("mnist-full", help="the complete MNIST test set (10k); mnist-full:train for the 60k (fetch first)")
@@ -108,8 +122,9 @@ def build_mnist_full(arg: str | None, *, preprocess: Preprocess | None = None) -
     images, labels = (folder / name for name in idx_names(train))
     if not (images.is_file() and labels.is_file()):
         raise DirscopeError(f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)")
+    content = files_content(images, labels)
     x, y = read_idx_pair(images, labels)
-    return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full")
+    return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full", content)
 
 
 @DATA.register("fashion-mnist", help="the Fashion-MNIST test set (10k); fashion-mnist:train for the 60k")
@@ -118,4 +133,5 @@ def build_fashion_mnist(arg: str | None, *, preprocess: Preprocess | None = None
     folder = fashion_mnist_dir()
     images, labels = (folder / name for name in idx_names(train))
     x, y = read_idx_pair(images, labels, sha256=FASHION_SHA256)
-    return image_source(x, y, FASHION_LABELS, "fashion-mnist:train" if train else "fashion-mnist")
+    content = pinned_content((images, labels), FASHION_SHA256)
+    return image_source(x, y, FASHION_LABELS, "fashion-mnist:train" if train else "fashion-mnist", content)

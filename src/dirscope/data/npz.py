@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DirscopeError
 from .arrays import ArraySource
-from .base import DataSource
+from .base import DataSource, files_content
 from .registry import DATA, Preprocess
 
 HOW = "save arrays with np.savez(PATH, x=inputs, y=labels)"
@@ -25,11 +25,15 @@ def build_npz(arg: str, *, preprocess: Preprocess | None = None) -> DataSource:
 
 
 def load_npz(path_text: str) -> ArraySource:
-    """Key ``x`` holds the inputs; float arrays are fed as they are (only cast to float32)."""
+    """Key ``x`` holds the inputs; float arrays are fed as they are (only cast to float32).
+
+    The file's identity is taken before it is read, so a rewrite while reading is never mistaken for it.
+    """
     path = Path(path_text).expanduser()
     spec = f"npz:{path_text}"
     if not path.is_file():
         raise DirscopeError(f"{spec}: no such file {path}; {HOW}")
+    content = files_content(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -41,7 +45,9 @@ def load_npz(path_text: str) -> ArraySource:
             found = ", ".join(loaded.files) or "none"
             raise DirscopeError(f"{spec} has no array 'x' (found: {found}); {HOW}")
         arrays = {key: read_key(loaded, key, spec) for key in ("x", "y", "label_names") if key in loaded.files}
-    return ArraySource(arrays["x"], arrays.get("y"), arrays.get("label_names"), spec=spec)
+    source = ArraySource(arrays["x"], arrays.get("y"), arrays.get("label_names"), spec=spec)
+    source.content = content
+    return source
 
 
 def read_key(npz: np.lib.npyio.NpzFile, key: str, spec: str) -> np.ndarray:

@@ -272,6 +272,10 @@ def cache_dir(tmp_path):
     return out
 
 
+def corrupt_empty(cache):
+    (cache / "relu" / "000000.npy").write_bytes(b"")  # a partial copy, or a full disk: np.load raises EOFError
+
+
 def corrupt_truncate(cache):
     path = cache / "relu" / "000000.npy"
     path.write_bytes(path.read_bytes()[:-100])
@@ -343,6 +347,7 @@ def test_a_cache_without_checksums_is_read_unverified_with_a_warning(cache_dir, 
     ("corrupt", "message"),
     [
         (corrupt_truncate, "chunk relu/000000.npy is unreadable"),
+        (corrupt_empty, "chunk relu/000000.npy is unreadable"),
         (corrupt_dtype, r"chunk relu/000000.npy holds float32 \[60, 8, 5, 5\], the index says float16"),
         (corrupt_incomplete, "it is incomplete .* resume that run with --resume"),
         (corrupt_missing, "chunk rows/000000.npy is unreadable"),

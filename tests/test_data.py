@@ -687,6 +687,16 @@ def test_fetch_mnist_full_from_mirrors(tmp_path, home, monkeypatch):
     assert next(test.batches(8)).x.shape == (3, 1, 28, 28)
 
 
+def test_mnist_full_files_put_there_by_hand_are_checked_on_load(tmp_path, home, monkeypatch):
+    fake_idx_folder(home / "mnist-full")
+    with pytest.raises(DirscopeError) as exc:
+        DATA.build("mnist-full")
+    one_line_error(exc, "does not match its pinned md5", "dirscope fetch mnist-full")
+    md5 = {name: fetch.md5_hex((home / "mnist-full" / name).read_bytes()) for name in fetch.MNIST_FULL_MD5}
+    monkeypatch.setattr(fetch, "MNIST_FULL_MD5", md5)
+    assert DATA.build("mnist-full").size == 3
+
+
 def test_fetch_mnist_full_checksum_mismatch_and_local_folder(tmp_path, home, monkeypatch):
     fake_idx_folder(tmp_path / "mirror")
     monkeypatch.setattr(fetch, "MNIST_FULL_MIRRORS", ((tmp_path / "mirror").as_uri() + "/",))

@@ -105,6 +105,14 @@ def test_lite0_with_preprocess_override(lite0):
     assert loaded.preprocess.crop == 224 and loaded.info["preprocess"]["resize"] == 256
 
 
+def test_weights_are_recorded_as_an_absolute_path(tmp_path, monkeypatch, lite0):
+    """Scoring reloads the model from the manifest, maybe from another directory."""
+    torch.save(lite0.module.state_dict(), tmp_path / "lite0.pt")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("efficientnet-lite0", weights="lite0.pt")
+    assert loaded.info["weights"] == str(tmp_path.resolve() / "lite0.pt")
+
+
 def test_missing_optional_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(DirscopeError, match=r"needs efficientnet_lite_pytorch, which is not installed; .*imagenet"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from dirscope.data import load_data
+from dirscope.data import load_data, photos
 from dirscope.data.photos import PHOTOS, photo_crops
 from dirscope.errors import DirscopeError
 from dirscope.references import default_references, hog_embeddings, pixel_embeddings
@@ -23,6 +25,24 @@ def test_photos_are_seeded_crops_labelled_by_photo(tmp_path, monkeypatch):
     monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path / "b"))
     again = next(load_data("photos:2").batches(64))
     assert np.array_equal(batch.x.numpy(), again.x.numpy())  # made afresh in another home: the same pixels
+
+
+def test_a_folder_finished_by_another_process_meanwhile_is_used(tmp_path, monkeypatch):
+    """Renaming onto a finished folder fails with ENOTEMPTY on Linux: the other process's crops are used."""
+    monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path))
+    made = photos.photo_folder(1)
+    shutil.rmtree(made.with_name("elsewhere"), ignore_errors=True)
+    made.rename(made.with_name("elsewhere"))
+    real_crops = photos.photo_crops
+
+    def crops_while_another_process_finishes(*args, **kwargs):
+        if not made.exists():
+            shutil.copytree(made.with_name("elsewhere"), made)
+        return real_crops(*args, **kwargs)
+
+    monkeypatch.setattr(photos, "photo_crops", crops_while_another_process_finishes)
+    assert photos.photo_folder(1) == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elsewhere", made.name])  # no staging left
 
 
 def test_crops_lie_inside_the_photo_and_flip():

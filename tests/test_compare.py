@@ -327,6 +327,11 @@ def test_conclusion_more_less_none_mixed():
     assert conclusion([more, less]).startswith("mixed: units more coherent than random directions by label_purity")
 
 
+def test_a_p_next_to_alpha_shows_the_side_it_falls_on():
+    assert compare._p_text(0.0496) == "= 0.0496" and compare._p_text(0.0504) == "= 0.0504"
+    assert compare._p_text(0.0449) == "= 0.045" and compare._p_text(0.12) == "= 0.120"
+
+
 def test_conclusion_needs_both_holm_and_interval():
     small_p_wide_ci = record("label_purity", comparison(0.1, -0.01, 0.2), 0.01)
     excluded_ci_large_p = record("label_purity", comparison(0.1, 0.01, 0.2), 0.2)

@@ -164,6 +164,9 @@ def _expanded_tail(samples: list[np.ndarray]) -> float:
     return float(stats.norm.cdf(-ratio * stats.t.ppf(1.0 - tail, df)))
 
 
+ALPHA = 0.05  # a difference counts when its Holm-adjusted p is at most this (and its CI excludes 0)
+
+
 def _permutation_p(x: np.ndarray, y: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:
     """Two-sided Monte Carlo permutation p of the difference of means: (1 + #{|perm| >= |obs|}) / (1 + n_perm).
 
@@ -264,7 +267,7 @@ def format_row(comparison: Comparison, metric: str, family_a: str, family_b: str
     return f"{line}; {c.note}" if c.note else line
 
 
-def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> str:
+def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = ALPHA) -> str:
     """One plain-language line for one layer, from its ``to_record`` rows (so it also reads ``verdict.json``).
 
     A metric counts as a difference only when its Holm-adjusted p is at most ``alpha`` AND its 95% CI
@@ -377,7 +380,10 @@ def _ci_text(low: float, high: float, places: int) -> str:
 
 
 def _p_text(p: float) -> str:
-    """``< 0.001`` or ``= 0.012``: three decimals, the resolution a permutation p deserves."""
+    """``< 0.001`` or ``= 0.012``: three decimals, the resolution a permutation p deserves; four next to
+    ALPHA, where three would print 0.050 both for a difference that counts and for one that does not."""
     if math.isnan(p):
         return "= n/a"
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.4f}" if round(p, 3) == ALPHA else f"= {p:.3f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -230,10 +231,110 @@ def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
         (0, 95, 10, 20, [(i * 10, min(i * 10 + 10, 95)) for i in range(10)]),
         (33, 100, 10, 2, [(33, 70), (70, 100)]),  # a resumed start off a batch boundary stays where it is
         (100, 100, 10, 4, []),
+        # a resumed start off a batch boundary with no boundary before stop: one shard, not none
+        (581, 600, 64, 8, [(581, 600)]),
+        (100, 120, 64, 8, [(100, 120)]),
+        (33, 40, 10, 4, [(33, 40)]),
+        (33, 41, 10, 4, [(33, 40), (40, 41)]),
+        (0, 5, 10, 4, [(0, 5)]),
+        (7, 100, 10, 0, [(7, 100)]),  # even when asked for no shards, the rows are covered
     ],
 )
 def test_shards_are_contiguous_and_cut_at_batch_boundaries(start, stop, batch, count, shards):
-    assert rayscan.cut_shards(start, stop, batch, count) == shards
+    got = rayscan.cut_shards(start, stop, batch, count)
+    assert got == shards
+    assert_cover(got, start, stop, range(0, stop + batch, batch))
+    assert len(got) <= max(count, 1)
+
+
+def assert_cover(shards: list[tuple[int, int]], start: int, stop: int, allowed) -> None:
+    """Shards cover [start, stop) exactly, in order, each non-empty, and cut only at allowed points."""
+    if stop <= start:
+        assert shards == []
+        return
+    assert shards[0][0] == start and shards[-1][1] == stop
+    assert all(a < b for a, b in shards)
+    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(shards))
+    assert {a for a, _ in shards[1:]} <= set(allowed)
+
+
+def test_random_shards_cover_the_rows_and_cut_only_at_given_starts():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        start, stop = sorted(int(v) for v in rng.integers(0, 400, size=2))
+        batch, count = int(rng.integers(1, 70)), int(rng.integers(0, 20))
+        assert_cover(rayscan.cut_shards(start, stop, batch, count), start, stop, range(0, stop + batch, batch))
+        starts = np.unique(rng.integers(0, 400, size=int(rng.integers(0, 30))))
+        shards = rayscan.cut_shards(start, stop, batch, count, starts)
+        assert_cover(shards, start, stop, starts)
+        inside = ((starts > start) & (starts < stop)).sum()
+        assert len(shards) == (0 if stop <= start else min(max(count, 1), inside + 1))
+
+
+def cached_feed(tmp_path: Path, write_batch: int, n: int = 120):
+    """A cache of ``n`` rows written at batch size ``write_batch``, opened as a from-cache run's feed."""
+    from dirscope.feeds import CacheFeed
+
+    x, y = data(n)
+    settings = {**SETTINGS, "directions": "basis,random:4", "batch_size": write_batch}
+    dirscope.run(sequential(), data=(x, y), **settings, out=tmp_path / "cached", cache=True, progress=False)
+    return CacheFeed(tmp_path / "cached", None, None, "max")
+
+
+@pytest.mark.parametrize(("write_batch", "read_batch", "start"), [(16, 10, 0), (10, 16, 0), (7, 64, 29), (16, 10, 21)])
+def test_shards_of_a_cache_start_where_the_local_read_starts_a_batch(tmp_path, write_batch, read_batch, start):
+    """Each shard, read on its own, yields exactly the batches of the local read of the cache."""
+    feed, stop = cached_feed(tmp_path, write_batch), 120
+    local = [idx.tolist() for idx, _, _ in feed.stream(read_batch, start=start, limit=stop)]
+    starts = rayscan.batch_starts(feed, read_batch, start, stop)
+    assert starts.tolist() == [batch[0] for batch in local]
+    shards = rayscan.cut_shards(start, stop, read_batch, 8, starts)
+    assert len(shards) == 8
+    assert_cover(shards, start, stop, starts)
+    sharded = [idx.tolist() for a, b in shards for idx, _, _ in feed.stream(read_batch, start=a, limit=b)]
+    assert sharded == local
+    # cut at multiples of the reading batch size instead, some shard would split a cached batch
+    naive = rayscan.cut_shards(start, stop, read_batch, 8)
+    if write_batch % read_batch:
+        assert [idx.tolist() for a, b in naive for idx, _, _ in feed.stream(read_batch, start=a, limit=b)] != local
+
+
+def test_from_cache_on_ray_at_another_batch_size_equals_from_cache_locally(cluster, tmp_path):
+    cached_feed(tmp_path, write_batch=16)
+    settings = {**SETTINGS, "directions": "basis,random:4,pca:3", "batch_size": 10}
+    settings.pop("layers")
+    local = dirscope.run(from_cache=tmp_path / "cached", **settings, progress=False)
+    sharded = dirscope.run(from_cache=tmp_path / "cached", **settings, engine="ray", ray_workers=2, progress=False)
+    assert sharded.manifest["engine"]["shards"] == 8
+    assert_same_result(sharded, local)
+
+
+def test_ray_resume_of_a_from_cache_run_off_the_batch_size_scans_the_last_rows(cluster, tmp_path, monkeypatch):
+    """A local from-cache run's checkpoint sits on the cache's batch cuts (here 7s), not on multiples of 64."""
+    from dirscope import engine
+
+    cached_feed(tmp_path, write_batch=7)
+    settings = {**SETTINGS, "directions": "basis,random:4", "batch_size": 64}
+    settings.pop("layers")
+    out = tmp_path / "resumed"
+    calls, add = [], engine._Folds.add
+
+    def interrupt(self, idx, acts):
+        calls.append(int(idx[-1]))
+        if len(calls) > 15:  # 15 cached batches of 7: rows 0-104 are scanned, next_index is 105
+            raise KeyboardInterrupt
+        return add(self, idx, acts)
+
+    monkeypatch.setattr(engine._Folds, "add", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dirscope.run(from_cache=tmp_path / "cached", **settings, out=out, checkpoint_every=1e-9, progress=False)
+    monkeypatch.setattr(engine._Folds, "add", add)
+    assert json.loads((out / CHECKPOINT_DIR / "checkpoint.json").read_text())["next_index"] == 105
+    resumed = dirscope.run(
+        from_cache=tmp_path / "cached", **settings, out=out, resume=True, engine="ray", ray_workers=2, progress=False
+    )
+    assert resumed.manifest["engine"]["shards"] == 3  # rows 105-119 in the cached batches at 105, 112 and 119
+    assert_same_result(resumed, dirscope.run(from_cache=tmp_path / "cached", **settings, progress=False))
 
 
 class SlowFirstShard:

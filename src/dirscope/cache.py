@@ -360,6 +360,18 @@ class CacheReader:
             pool.shutdown(wait=True, cancel_futures=True)
             self._pending.clear()  # checks cut short by an early stop are taken again when next needed
 
+    def batch_starts(self, batch_size: int, *, start: int = 0, limit: int | None = None) -> np.ndarray:
+        """The dataset index of the first row of every batch ``stream(names, batch_size, start=start,
+        limit=limit)`` yields, from the rows alone: where a pass over a later part of the rows may begin and
+        still see the same batches (``--engine ray`` cuts its shards there)."""
+        stop = limit if limit is not None else np.iinfo(np.int64).max
+        firsts: list[int] = []
+        for chunk in self.index["chunks"]:
+            rows = np.asarray(self._rows_of(chunk))
+            kept = np.flatnonzero((rows[:, 0] >= start) & (rows[:, 0] < stop))
+            firsts += [int(rows[pos[0], 0]) for pos in _batch_positions(kept, rows[:, 2], batch_size)]
+        return np.array(firsts, dtype=np.int64)
+
     def _chunk_steps(
         self, chunk: dict[str, Any], names: Sequence[str], rows: np.ndarray, kept: np.ndarray, batch_size: int
     ) -> Iterator[Step]:

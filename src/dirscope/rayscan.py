@@ -6,7 +6,8 @@ strings are built again on the worker, Python objects arrive pickled), checks it
 data, scans rows [start, stop) with ``engine._scan``, and returns what a checkpoint stores: the tallies'
 state_dicts, the NaN/inf exclusions, the label counts and the null sample. The driver merges shards in row
 order as they finish, with ``Tally.merge`` (exact) and checkpoints the merged prefix as a local run would.
-Shards are cut at multiples of the batch size, so every shard sees the batches of a single pass.
+Shards are cut only where the local pass starts a batch (multiples of the batch size, or for a cache the
+writing run's batch starts, cut to the batch size), so every shard sees the batches of a single pass.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ from .engine import (
     make_tally,
 )
 from .errors import DirscopeError
-from .feeds import Feed, Rows
+from .feeds import CacheFeed, Feed, Rows
 from .tally import Reservoir, Tally
 
 # Shards per concurrent task: small enough that a slow or retried shard delays little, large enough that
@@ -118,15 +120,43 @@ def check_shardable(rows: Rows) -> None:
         )
 
 
-def cut_shards(start: int, stop: int, batch_size: int, count: int) -> list[tuple[int, int]]:
-    """Up to ``count`` contiguous row ranges covering [start, stop), cut only at multiples of ``batch_size``."""
-    first, last = -(-start // batch_size), -(-stop // batch_size)
-    count = min(count, last - first)
-    if stop <= start or count < 1:
+def cut_shards(
+    start: int, stop: int, batch_size: int, count: int, starts: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """Up to ``count`` contiguous row ranges covering [start, stop) exactly, as even in rows as the cut points allow.
+
+    Shards are cut only where the feed starts a batch, so each shard sees the batches of a single pass:
+    ``starts`` (the dataset indices where ``feed.stream`` starts one), or by default every multiple of
+    ``batch_size``. The cut points are ``start``, those strictly inside (start, stop), and ``stop``; each
+    inner cut is the point nearest to an even split of the rows (the lower one on a tie), or the next
+    free one where nearer points are taken.
+    """
+    if stop <= start:
         return []
-    inner = [(first + (last - first) * j // count) * batch_size for j in range(1, count)]
-    bounds = [start, *inner, stop]
+    if starts is None:
+        inner = np.arange((start // batch_size + 1) * batch_size, stop, batch_size, dtype=np.int64)
+    else:
+        points = np.unique(np.asarray(starts, dtype=np.int64))
+        inner = points[(points > start) & (points < stop)]
+    count = max(1, min(count, len(inner) + 1))
+    cuts, low = [], 0  # low: the first point still free, so every cut is a different point
+    for j in range(1, count):
+        target = start * count + (stop - start) * j  # count times the j-th even split, in integers
+        pos = int(np.searchsorted(inner, -(-target // count)))  # the first point at or above it
+        above = pos < len(inner) and (pos == 0 or inner[pos] * count - target < target - inner[pos - 1] * count)
+        pos = min(max(pos if above else pos - 1, low), len(inner) - (count - j))  # leave a point per later cut
+        cuts.append(int(inner[pos]))
+        low = pos + 1
+    bounds = [start, *cuts, stop]
     return list(itertools.pairwise(bounds))
+
+
+def batch_starts(feed: Feed, batch_size: int, start: int, stop: int) -> np.ndarray | None:
+    """Where the local pass over rows [start, stop) starts a batch, when not at every multiple of the batch size:
+    a cache is read in the writing run's batches (each cut to ``batch_size``), not at multiples of it."""
+    if isinstance(feed, CacheFeed):
+        return feed.reader.batch_starts(batch_size, start=start, limit=stop)
+    return None
 
 
 def scan_on_ray(
@@ -141,7 +171,9 @@ def scan_on_ray(
     started_here = _connect(ray, job.address)
     try:
         width = job.width or _cluster_width(ray, config.device)
-        shards = cut_shards(progress.start, progress.total or 0, config.batch_size, width * SHARDS_PER_WORKER)
+        start, stop = progress.start, progress.total or 0
+        starts = batch_starts(feed, config.batch_size, start, stop)
+        shards = cut_shards(start, stop, config.batch_size, width * SHARDS_PER_WORKER, starts)
         expect = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
         layers = [(p.name, p.shape, p.axis, p.directions) for p in plans]
         task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect, os.getcwd()))

@@ -3,6 +3,9 @@
 The page holds the run's tables as one JSON block (example images once each, as base64 PNG straight from
 examples.parquet; in a folder beside the page when there are too many) and builds the direction cards of the
 visible page only, so a run with 10,000 directions opens as fast as one with ten.
+
+Example values, statistics and scores go into the JSON exactly (float32 values in the fewest digits that read
+back to the same float32, at most 9), because the page tests ties and sorts on them; it rounds only for display.
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ def report_data(result: Result, images: dict[int, str], plots: list[dict[str, st
                 "top": sets.get((layer, direction, "max"), []),
                 "bot": sets.get((layer, direction, "min"), []),
                 "h": _histogram(st),
-                "s": [json_number(st[c]) for c in STAT_COLUMNS],
-                "m": [json_number(v) for v in scores[i]],
-                "z": [json_number(v, 3) for v in zs[i]],
+                "s": [json_number(st[c], None) for c in STAT_COLUMNS],  # exact: the page sorts on them
+                "m": [json_number(v, None) for v in scores[i]],
+                "z": [json_number(v, 3) for v in zs[i]],  # shown only, never sorted on
             }
         )
     return {
@@ -129,11 +132,20 @@ def _example_sets(topk: pd.DataFrame, layers: list[str]) -> dict[tuple[str, int,
     labels = t["label"].astype(object).where(t["label"].notna(), None)
     text = [n if n is not None else (None if lab is None else str(lab)) for n, lab in zip(names, labels, strict=True)]
     group = list(zip(t["layer"], t["direction"].astype(int), t["sign"], strict=True))
-    cells = zip(t["index"].astype(int), t["value"].astype(np.float64), text, strict=True)
+    cells = zip(t["index"].astype(int), _exact_values(t["value"]), text, strict=True)
     sets: dict[tuple[str, int, str], list[list[Any]]] = {}
     for key, (index, value, label) in zip(group, cells, strict=True):
-        sets.setdefault(key, []).append([index, json_number(value), label])
+        sets.setdefault(key, []).append([index, value, label])
     return sets
+
+
+def _exact_values(values: pd.Series) -> list[float | None]:
+    """Each value exactly as stored, so the page's "all tied" test agrees with the figures' (equal values stay
+    equal, distinct ones distinct): a float32 in the fewest digits that read back to it (numpy's shortest repr,
+    at most 9 significant digits), anything else as a float64 (at most 17). NaN and inf become None."""
+    if values.dtype == np.float32:
+        return [json_number(float(str(v)), None) for v in values.to_numpy()]
+    return [json_number(v, None) for v in values.to_numpy(np.float64, na_value=np.nan)]
 
 
 def _histogram(stat: dict[str, Any]) -> list[Any] | None:

@@ -2,7 +2,7 @@
 const D = readData();
 const IMAGES = D.images;
 const byKey = new Map(D.dirs.map((d) => [d.l + "/" + d.d, d]));
-const state = {layer: "", family: "", search: "", sort: "id", desc: false, page: 0, size: 20};
+const state = {layer: "", family: "", search: "", pattern: null, sort: "id", desc: false, page: 0, size: 20};
 let view = [];
 const built = {};
 
@@ -81,6 +81,7 @@ function buildDirections() {
     state.layer = layer.value;
     state.family = byId("f-family").value;
     state.search = byId("f-search").value.trim().toLowerCase();
+    state.pattern = searchPattern(state.search);
     state.sort = sort.value;
     state.size = Number(byId("f-size").value);
     state.page = 0;
@@ -105,7 +106,14 @@ function matches(d) {
   if (state.family !== "" && d.f !== Number(state.family)) return false;
   if (state.search === "") return true;
   if (/^\d+$/.test(state.search)) return d.d === Number(state.search);
-  return d.t.toLowerCase().includes(state.search);
+  return state.pattern.test(d.t.toLowerCase());
+}
+
+/* A search text matches a title where it starts a word and, when it ends in a digit, where no digit follows:
+   "unit 12" finds unit 12 but not unit 120-129, "#3" finds #3 but not #30, "rand" finds random. */
+function searchPattern(text) {
+  const escaped = text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp((/^\w/.test(text) ? "\\b" : "") + escaped + (/\d$/.test(text) ? "(?!\\d)" : ""));
 }
 
 function sortValue(d) {

@@ -390,3 +390,44 @@ def test_topk_rows_carry_their_labels_and_label_names():
     assert top["label"].isna().tolist() == (labels < 0).tolist()
     want = [names[v] if v >= 0 else None for v in labels]
     assert top["label_name"].astype(object).where(top["label_name"].notna(), None).tolist() == want
+
+
+def test_overwrite_removes_the_earlier_runs_outputs_and_never_a_users_files(tmp_path):
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    out = tmp_path / "run"
+    first = dirscope.run(model, ["fc", "relu"], (x, y), "basis,random:3", k=2, out=str(out), progress=False)
+    old_figures = [out / f for f in first.manifest["figures"]]
+    assert (out / "directions" / "relu.npy").is_file() and any(p.name.startswith("relu-") for p in old_figures)
+    mine = [out / "figures" / "my-own-plot.png", out / "directions" / "my-notes.npy", out / "figures" / "relu-x.png"]
+    for path in mine:
+        path.write_bytes(b"mine")
+    scored = [out / "figures" / n for n in ("scores-relu.png", "relu-most-coherent.png", "sweep.png", "profile.png")]
+    for path in scored:  # as `dirscope score` leaves them
+        path.write_bytes(b"plot")
+    (out / "verdict.json").write_text(json.dumps({"settings": {"figures": ["figures/sweep.png"]}}))
+    made = ["report.html", "study.html", "study.json", "study-scores.json", "report_images/3.png"]
+    (out / "report_images").mkdir()
+    for name in made:  # as `dirscope report` and `dirscope study` leave them
+        (out / name).write_text("of the earlier run")
+    second = dirscope.run(model, ["fc"], (x, y), "basis", k=2, out=str(out), overwrite=True, progress=False)
+    assert all(p.read_bytes() == b"mine" for p in mine)  # a user's own files stay, whatever their names
+    kept = {out / f for f in second.manifest["figures"]}
+    assert not [p for p in old_figures + scored if p.exists() and p not in kept]
+    assert not (out / "directions" / "relu.npy").exists() and (out / "directions" / "fc.npy").is_file()
+    assert not [n for n in [*made, "report_images", "verdict.json"] if (out / n).exists()]
+    assert Result.load(out).layers == ["fc"] and second.manifest["run_id"] != first.manifest["run_id"]
+
+
+def test_overwrite_refuses_to_leave_an_earlier_runs_cache_to_a_later_from_cache(tmp_path):
+    from dirscope.rundir import prepare_out
+
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    out = tmp_path / "run"
+    dirscope.run(model, ["fc"], (x, y), "basis", k=2, out=str(out), cache=True, progress=False)
+    with pytest.raises(DirscopeError, match=r"cache holds the activation cache of an earlier run; move it, or pass"):
+        prepare_out(out, True, cache=False)
+    assert (out / "cache" / "index.json").is_file() and (out / "manifest.json").is_file()
+    for reads in (out, out / "cache"):  # a run that reads this very cache keeps it
+        prepare_out(out, True, cache=False, from_cache=reads)
+    prepare_out(out, True, cache=True)  # a run that writes its own replaces it
+    assert (out / "cache" / "index.json").is_file()

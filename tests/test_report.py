@@ -447,6 +447,10 @@ def open_page(context, path: Path) -> Watched:
 
 
 def loaded_images(page, selector: str) -> tuple[int, int]:
+    """(images, images loaded), once every image has finished loading or failing (files beside the page
+    load asynchronously; counting at once raced with them on a busy machine)."""
+    done = f"() => [...document.querySelectorAll({json.dumps(selector)})].every((i) => i.complete)"
+    page.wait_for_function(done, timeout=15_000)
     return page.evaluate(
         f"() => {{ const imgs = [...document.querySelectorAll({json.dumps(selector)})];"
         " return [imgs.length, imgs.filter((i) => i.complete && i.naturalWidth > 0).length]; }"
@@ -587,3 +591,116 @@ def test_browser_screenshots_for_the_docs(browser, tmp_path):
     w.page.set_viewport_size({"width": 900, "height": 640})
     w.page.screenshot(path=str(DOCS / "study.png"))
     w.check_clean()
+
+
+# ---- exact values and whole-number search (values that agree to 4 significant digits) ----------------------
+
+
+@pytest.fixture(scope="module")
+def close_run(tmp_path_factory) -> Path:
+    """130 units about 1000 +- 0.01 (distinct values that agree to 4 significant digits; unit 5 constant, so
+    exactly tied) and 12 random directions, for the tie note, the sort and the search "unit 12" vs 120-129."""
+    import torch
+    from torch import nn
+
+    root = tmp_path_factory.mktemp("close")
+    rng = np.random.default_rng(0)
+    np.savez(root / "d.npz", x=(rng.random((120, 1, 4, 4)) * 255).astype(np.uint8), y=rng.integers(0, 3, 120))
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 130)
+    with torch.no_grad():
+        lin.weight.mul_(1e-2)
+        lin.weight[5] = 0.0
+        lin.bias.fill_(1000.0)
+    model = nn.Sequential(OrderedDict([("flat", nn.Flatten()), ("fc", lin)]))
+    out = root / "run"
+    data = f"npz:{root / 'd.npz'}"
+    dirscope.run(model, ["fc"], data, "basis,random:12", k=5, out=str(out), progress=False, figures=False)
+    return out
+
+
+def test_report_embeds_exact_values_so_ties_and_sorting_agree_with_the_run(close_run, runs):
+    data = page_data(write_report(close_run))
+    topk = pd.read_parquet(close_run / "topk.parquet")
+    assert topk["value"].dtype == np.float32
+    stats_table = pd.read_parquet(close_run / "stats.parquet").set_index("direction")
+    tied = 0
+    for d in data["dirs"]:
+        for sign, key in (("max", "top"), ("min", "bot")):
+            exact = topk[(topk.direction == d["d"]) & (topk.sign == sign)].sort_values("rank")["value"]
+            shown = [c[1] for c in d[key]]
+            assert np.array_equal(np.float32(shown), exact.to_numpy())  # float32 values read back exactly
+            assert (len(set(shown)) == 1) == (exact.nunique() == 1)  # the page's tie test is the figures' one
+            assert all(len(repr(v).lstrip("-").replace(".", "").lstrip("0")) <= 9 for v in shown)  # shortest
+            tied += exact.nunique() == 1
+        exact_stats = [stats_table.loc[d["d"], c] for c in report_html.STAT_COLUMNS]
+        assert d["s"] == [None if np.isnan(v) else v for v in exact_stats]  # NaN (unit 5's skew): null
+    assert tied == 2  # unit 5 only; with 4 digits it was every set
+    i = data["stats"].index("max")
+    order = [d["d"] for d in sorted(data["dirs"], key=lambda d: (-d["s"][i], d["d"]))]
+    by_max = stats_table.reset_index().sort_values(["max", "direction"], ascending=[False, True])
+    assert order == by_max["direction"].tolist()
+    scored = page_data(write_report(runs["scored"]))
+    scores = pd.read_parquet(runs["scored"] / "scores.parquet").set_index(["layer", "direction", "metric", "sign"])
+    layers = [layer["name"] for layer in scored["layers"]]
+    for d in scored["dirs"]:
+        for m, value in zip(scored["metrics"], d["m"], strict=True):
+            key = (layers[d["l"]], d["d"], m["metric"], m["set"])
+            assert value == (scores.loc[key, "score"] if key in scores.index else None)
+
+
+def test_browser_report_ties_sort_and_whole_number_search(browser, close_run):
+    w = open_page(browser, write_report(close_run))
+    page = w.page
+    page.click("#tabs button[data-tab=directions]")
+    page.select_option("#f-size", label="100")
+    cards = page.eval_on_selector_all(".card", "cs => cs.map(c => Number(c.dataset.direction))")
+    assert page.locator("text=all tied: ordered by dataset row").count() == 2 and 5 in cards
+
+    def titles(text: str) -> list[str]:
+        page.fill("#f-search", text)
+        return page.eval_on_selector_all(".card h3", "cs => cs.map(c => c.textContent.split(' \u00b7 ')[1])")
+
+    assert titles("unit 12") == ["basis: unit 12"]
+    assert titles("unit 1") == ["basis: unit 1"]
+    assert titles("random #1") == ["random #1"]
+    assert titles("#1") == ["random #1"]
+    assert titles("nit 12") == []  # words match from their start
+    assert len(titles("rand")) == 12 and len(titles("unit 12")) == 1
+    page.fill("#f-search", "")
+    page.select_option("#f-sort", label="max")
+    page.click("#f-order")  # descending
+    shown = page.eval_on_selector_all(".card", "cs => cs.map(c => Number(c.dataset.direction))")
+    stats_table = pd.read_parquet(close_run / "stats.parquet")
+    expected = stats_table.sort_values(["max", "direction"], ascending=[False, True])["direction"].tolist()[:100]
+    assert shown == expected and shown[:5] != sorted(shown[:5])  # not the id order that rounding gave
+    w.check_clean()
+
+
+def test_study_score_refuses_a_study_made_for_another_run(runs, tmp_path, capsys):
+    from dirscope.result import Result
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    assert study.key["run"]["run_id"] == json.loads((run / "manifest.json").read_text())["run_id"]
+    answers = answers_file(tmp_path / "a.json", study.id, {it["id"]: 3 for it in study.key["items"]}, "r")
+    key = (run / "study.json").read_text()
+    score_study(run, [answers])
+    result = Result.load(run)
+    del result.manifest["run_id"]  # as a new run's manifest
+    result.save(run, overwrite=True, figures=False)
+    assert not (run / "study.json").exists() and not (run / "study-scores.json").exists()  # they went with it
+    (run / "study.json").write_text(key)  # put back by hand
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "score", str(run), str(answers)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "was made for another run" in err
+    old = json.loads(key)  # a key of an earlier version (no run id) is checked by the run's creation time
+    del old["run"]["run_id"]
+    (run / "study.json").write_text(json.dumps(old))
+    score_study(run, [answers])
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "created": "2000-01-01T00:00:00+00:00"}))
+    with pytest.raises(DirscopeError, match="was made for another run"):
+        score_study(run, [answers])

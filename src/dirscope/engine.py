@@ -212,7 +212,7 @@ def run(
     _check_engine(engine, ray_address, ray_workers, cache)
     from .rundir import prepare_out, write_run
 
-    out_dir = prepare_out(out, overwrite, resume) if out is not None else None
+    out_dir = prepare_out(out, overwrite, resume, cache=cache, from_cache=from_cache) if out is not None else None
     started = time.time()
     feed = _open_feed(model, layers, data, config, from_cache, workers)
     if engine == "ray":

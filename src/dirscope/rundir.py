@@ -13,13 +13,18 @@
     checkpoint/            only while a run is unfinished: its scan state, for --resume (see checkpoint.py)
     cache/                 with --cache: every layer's activations, for --from-cache (see cache.py)
 
-manifest.json is written last, so a directory with a manifest is complete.
+manifest.json is written last, so a directory with a manifest is complete. A new run into a directory first
+removes the earlier run's outputs there (see ``unpublish``): the files its manifest names, its score figures,
+and the report and study made of it; never a file the earlier run did not write.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,13 +46,28 @@ RUN_FILES = (
     "null.parquet",
     "examples.parquet",
 )
-RUN_DIRS = ("directions", "figures")
 RUN_FORMAT = "dirscope-run/1"
+# what `dirscope report` and `dirscope study` write into a run directory; they describe the run they were made of
+REPORT_FILES = ("report.html", "study.html", "study.json", "study-scores.json")
+REPORT_IMAGES = "report_images"
+SCORE_FIGURES = ("sweep.png", "profile.png")  # with scores-<layer>.png and <layer>-{most,least}-coherent.png
+_WHICH = ("most", "least")
 
 
-def prepare_out(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+def prepare_out(
+    out: str | Path,
+    overwrite: bool,
+    resume: bool = False,
+    *,
+    cache: bool | None = None,
+    from_cache: str | Path | None = None,
+) -> Path:
     """Check the output directory before any work: refuse a non-empty one unless ``overwrite`` (or ``resume``,
-    which needs a checkpoint there), and probe that it is writable, so a long run never fails at its end."""
+    which needs a checkpoint there), and probe that it is writable, so a long run never fails at its end.
+
+    When the caller says whether the run writes a cache (``cache``) and where it reads one (``from_cache``),
+    a new run that does neither with this directory's ``cache/`` is refused while an earlier run's cache is
+    there: a later ``--from-cache`` of this directory would read the earlier run's activations."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DirscopeError(f"--out {path} is a file; give a directory")
@@ -61,6 +81,10 @@ def prepare_out(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
         )
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
         raise DirscopeError(f"output directory {path} is not empty; pass --overwrite or choose another --out")
+    if cache is not None and not resume and not cache and _holds_cache(path) and not _reads_cache(path, from_cache):
+        raise DirscopeError(
+            f"{path / 'cache'} holds the activation cache of an earlier run; move it, or pass --cache to replace it"
+        )
     if overwrite:
         remove_checkpoint(path)
     try:
@@ -73,19 +97,75 @@ def prepare_out(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
     return path
 
 
-def _remove_stale(out: Path, keep: set[Path]) -> None:
-    """After an overwrite, drop what an earlier run wrote and this one did not; never other user files."""
-    for name in RUN_DIRS:
-        for path in (out / name).glob("*") if (out / name).is_dir() else []:
-            if path not in keep and path.suffix in (".npy", ".png"):
-                path.unlink()
+def _holds_cache(out: Path) -> bool:
+    from .cache import CACHE_DIR
+
+    return (out / CACHE_DIR / "index.json").is_file()
+
+
+def _reads_cache(out: Path, from_cache: str | Path | None) -> bool:
+    """Whether ``from_cache`` (a run directory or a cache folder) is this directory's cache."""
+    from .cache import CACHE_DIR
+
+    if from_cache is None:
+        return False
+    return Path(from_cache).resolve() in (out.resolve(), (out / CACHE_DIR).resolve())
 
 
 def unpublish(out: Path) -> None:
-    """Remove an earlier run's manifest (and its scores, which no longer apply) before the first file of a
-    new one lands, so that a directory with a manifest is always complete."""
+    """Remove an earlier run's manifest before the first file of a new one lands, so that a directory with
+    a manifest is always complete, and with it everything made of that run: its scores, the directions and
+    figures its manifest (and verdict) name, its score figures, and its report and study. Files it did not
+    write (a user's own in figures/ or directions/) stay."""
+    manifest = _read_json(out / "manifest.json")
+    scored = (out / "verdict.json").is_file() or (out / "scores.parquet").is_file()
+    own = _run_files(out, manifest, _read_json(out / "verdict.json"), scored) if manifest is not None else []
+    published = (out / "manifest.json").is_file()
     for stale in ("manifest.json", "verdict.json", "scores.parquet"):
         (out / stale).unlink(missing_ok=True)
+    for path in own:
+        if path.is_file():
+            path.unlink()
+    if published:  # made of the run whose manifest this was, even when that manifest is unreadable
+        for name in REPORT_FILES:
+            (out / name).unlink(missing_ok=True)
+        images = out / REPORT_IMAGES
+        if images.is_dir() and all(p.is_file() and p.suffix == ".png" and p.stem.isdigit() for p in images.iterdir()):
+            shutil.rmtree(images)  # only a folder the report wrote (ROW.png files), never a user's
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _run_files(out: Path, manifest: Any, verdict: Any, scored: bool) -> list[Path]:
+    """The directions and figure files an earlier run wrote, as its manifest and verdict name them, and its
+    score figures' names; only plain names inside directions/ and figures/."""
+    if not isinstance(manifest, dict):
+        return []
+    layers = [layer for layer in manifest.get("layers") or [] if isinstance(layer, dict)]
+    names = [("directions", layer.get("directions_file"), ".npy") for layer in layers]
+    figures = list(manifest.get("figures") or [])
+    if isinstance(verdict, dict) and isinstance(verdict.get("settings"), dict):
+        figures += list(verdict["settings"].get("figures") or [])
+    if scored:
+        for layer in layers:
+            if isinstance(layer.get("name"), str):
+                safe = safe_name(layer["name"])
+                figures += [
+                    f"figures/{n}" for n in (f"scores-{safe}.png", *(f"{safe}-{w}-coherent.png" for w in _WHICH))
+                ]
+        figures += [f"figures/{n}" for n in SCORE_FIGURES]
+    names += [("figures", name, ".png") for name in figures]
+    files = []
+    for folder, name, suffix in names:
+        parts = Path(name).parts if isinstance(name, str) else ()
+        if len(parts) == 2 and parts[0] == folder and parts[1] not in (".", "..") and parts[1].endswith(suffix):
+            files.append(out / folder / parts[1])
+    return files
 
 
 def write_run(result: Result, out: Path, figures: bool = True) -> None:
@@ -104,8 +184,8 @@ def write_run(result: Result, out: Path, figures: bool = True) -> None:
     _write_parquet(out / "null.parquet", result.null)
     _write_examples(result, out / "examples.parquet")
     figure_files = write_figures(result, out / "figures") if figures else []
-    _remove_stale(out, {out / f for f in layer_files.values()} | set(figure_files))
     manifest = dict(result.manifest)
+    manifest.setdefault("run_id", uuid.uuid4().hex)  # what a study made of this run is checked against
     for layer in manifest["layers"]:
         layer["directions_file"] = layer_files[layer["name"]]
     manifest["figures"] = [str(p.relative_to(out)) for p in figure_files]

@@ -86,11 +86,7 @@ def make_study(
     items = _draw_items(result, layers, families, per_family, seed)
     key: dict[str, Any] = {
         "format": KEY_FORMAT,
-        "run": {
-            "model": result.manifest["model"]["spec"],
-            "data": result.manifest["data"].get("spec"),
-            "created": result.manifest.get("created"),
-        },
+        "run": _run_identity(result.manifest),
         "families": families,
         "layers": layers,
         "per_family": per_family,
@@ -119,6 +115,30 @@ def make_study(
     write_json(key_path, key)
     write_text(page, render_page("study", "dirscope study", data))
     return Study(study_id, key, page, key_path)
+
+
+def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a study key records of its run; ``run_id`` only where the run has one (older runs keep their
+    study ids)."""
+    run = {"model": manifest["model"]["spec"], "data": manifest["data"].get("spec"), "created": manifest.get("created")}
+    return {**run, "run_id": manifest["run_id"]} if manifest.get("run_id") else run
+
+
+def _check_run(run_dir: Path, key: dict[str, Any]) -> None:
+    """Refuse a study key made of another run than the one now in ``run_dir`` (an overwritten one)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        now = _run_identity(manifest)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise DirscopeError(f"{run_dir} holds no complete run to score the study against; run it again") from None
+    made = key.get("run") if isinstance(key.get("run"), dict) else {}
+    fields = ("run_id",) if "run_id" in made else ("model", "data", "created")  # keys of older versions
+    same = all(made.get(f) == now.get(f) for f in fields)
+    if not same:
+        raise DirscopeError(
+            f"{run_dir / 'study.json'} was made for another run (created {made.get('created')}), not the run now in "
+            f"{run_dir} (created {now.get('created')}); make the study again with `dirscope study {run_dir}`"
+        )
 
 
 def _draw_items(
@@ -227,6 +247,7 @@ def score_study(
     """Merge the answer files of a study, compute its statistics and write study-scores.json."""
     run_dir = Path(run_dir)
     key = read_key(run_dir)
+    _check_run(run_dir, key)
     if not answer_files:
         raise DirscopeError("give at least one answers file exported from study.html")
     if n_boot < 1:

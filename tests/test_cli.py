@@ -249,6 +249,27 @@ def test_run_with_score_prints_a_verdict(project, capsys):
     assert code == 2 and "A:B" in err
 
 
+@pytest.mark.parametrize(
+    ("damage", "name"),
+    [
+        (lambda run: (run / "manifest.json").write_text('{"format": "dirscope-run/1", "lay'), "manifest"),
+        (lambda run: (run / "directions" / "head.npy").write_bytes(b""), "empty direction file"),
+        (lambda run: (run / "directions" / "head.npy").unlink(), "missing direction file"),
+        (lambda run: (run / "topk.parquet").write_bytes((run / "topk.parquet").read_bytes()[:50]), "parquet"),
+    ],
+)
+def test_a_damaged_run_directory_is_one_line(project, capsys, damage, name):
+    code, _, err = run_cli(
+        "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis,random:3 --k 3 "
+        "--out runs/d --quiet --no-figures",
+        capsys,
+    )
+    assert code == 0, err
+    damage(project / "runs/d")
+    code, _, err = run_cli(["figures", "runs/d"], capsys)
+    assert code == 2 and err.startswith("error: run runs/d cannot be read (") and err.count("\n") == 1, name
+
+
 def test_compare_splits_at_the_colon_between_two_families(project, capsys):
     code, _, err = run_cli(
         "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis,rotation:0.5,random:6 "

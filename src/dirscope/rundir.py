@@ -216,9 +216,18 @@ def _example_images(path: Path) -> ExampleImages:
 
 
 def read_run(path: Path) -> Result:
-    """Load a run directory, saying exactly what is missing when it is incomplete."""
+    """Load a run directory, saying exactly what is missing when it is incomplete, and in one line what
+    cannot be read when a file is damaged (truncated, emptied, edited by hand)."""
     if not (path / "manifest.json").is_file():
         raise DirscopeError(f"{path} is not a complete dirscope run (no manifest.json); run `dirscope run` first")
+    try:
+        return _read_run(path)
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DirscopeError(f"run {path} cannot be read ({reason}); run it again") from None
+
+
+def _read_run(path: Path) -> Result:
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("format") != RUN_FORMAT:
         raise DirscopeError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +41,6 @@ def _metric_help() -> str:
         "Score only these metrics (repeat); default: all that apply. "
         f"Coherence: {', '.join(coherence)}; label-free: {', '.join(label_free)}."
     )
-
-
-def _check_metrics(metrics: Sequence[str]) -> None:
-    """Unknown --metric names fail before any work, listing every name that is accepted."""
-    from .specs import suggest
-
-    known = [name for names in _metric_names() for name in names]
-    for name in metrics:
-        if name not in known:
-            raise DirscopeError(f"unknown metric {name!r}{suggest(name, known)} (known: {', '.join(known)})")
 
 
 @click.group(context_settings=_SETTINGS)
@@ -356,8 +346,9 @@ def score(run_dir: Path, **opts: object) -> None:
     plots (figures/scores-*.png, sweep.png, profile.png) into RUN_DIR.
     """
     from .result import Result
+    from .scoring import check_metric_names
 
-    _check_metrics(opts["metrics"])
+    check_metric_names(opts["metrics"])  # before loading the run
     _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
 
 

@@ -30,6 +30,7 @@ from .metrics import (
 )
 from .result import Result
 from .seeding import numpy_rng
+from .specs import suggest
 
 SIGNS = ("max", "min")
 LABEL_FREE = ("kurtosis", "zero_fraction", "near_zero_fraction", "selectivity")
@@ -87,9 +88,7 @@ def score_run(
 
     seed = int(result.manifest["config"]["seed"] if seed is None else seed)
     wanted = list(metrics) if metrics is not None else METRICS.names()
-    for name in wanted:
-        if name not in LABEL_FREE:
-            METRICS.entry(name)
+    check_metric_names(wanted)
     refs = list(references) if references is not None else default_references(result.manifest["model"]["spec"])
     _check_data_spec(data)
     pool = _pool(result)
@@ -181,6 +180,14 @@ def _gather_pool_data(
         else:
             notices.append(f"{name}: skipped, dirscope cannot gather {', '.join(metric.needs)} for it")
     return scored
+
+
+def check_metric_names(names: Sequence[str]) -> None:
+    """Unknown metric names fail before any work, listing every name that is accepted."""
+    known = [*METRICS.names(), *LABEL_FREE]
+    for name in names:
+        if name not in known:
+            raise DirscopeError(f"unknown metric {name!r}{suggest(name, known)} (known: {', '.join(known)})")
 
 
 def _fitting_k(names: list[str], k: int, notices: list[str]) -> list[str]:

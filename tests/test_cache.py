@@ -87,6 +87,24 @@ def test_layers_named_like_the_rows_folder_or_each_other_get_their_own_folders(t
     pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
 
 
+def test_layers_whose_names_clash_as_file_names_keep_their_own_run_files(tmp_path):
+    """``a b`` and ``a_b`` once shared directions/a_b.npy and every figure, the later layer's overwriting."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((120, 1, 14, 7), dtype=np.float32), rng.integers(0, 3, size=120)
+    run = dirscope.run(Clashing(), ["a b", "a_b"], (x, y), "basis,random:3", k=4, progress=False, out=str(tmp_path))
+    dirscope.score(run, metrics=["label_purity"], null_draws=20, n_boot=10, n_perm=10)
+    loaded = dirscope.Result.load(tmp_path)
+    for layer in ("a b", "a_b"):
+        np.testing.assert_array_equal(loaded.vectors(layer), run.vectors(layer))
+    assert [layer["directions_file"] for layer in loaded.manifest["layers"]] == [
+        "directions/a_b.npy",
+        "directions/a_b-2.npy",
+    ]
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert len(figures) == len(set(run.manifest["figures"] + loaded.verdict.settings["figures"]))
+    assert {"a_b-random.png", "a_b-2-random.png", "scores-a_b.png", "scores-a_b-2.png"} <= set(figures)
+
+
 @pytest.mark.parametrize("pool", ["max", "mean"])
 def test_a_run_from_a_float32_cache_equals_a_run_from_the_model(tmp_path, pool):
     out, from_cache, from_model = cached_run(tmp_path, pool)

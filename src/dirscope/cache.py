@@ -51,7 +51,7 @@ import torch
 from .atomic import write_json, write_with
 from .data import DataSource, load_data
 from .errors import DirscopeError
-from .figures import safe_name
+from .figures import file_stems
 from .project import positions
 
 CACHE_DIR = "cache"
@@ -181,23 +181,8 @@ def open_cache(
     cache there when ``chunks`` is None."""
     if chunks is None:
         shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
-    dirs = _layer_dirs([layer["name"] for layer in layers])
-    return CacheWriter(out, header, [{**layer, "dir": d} for layer, d in zip(layers, dirs, strict=True)], chunks)
-
-
-def _layer_dirs(names: Sequence[str]) -> list[str]:
-    """A folder per layer, named after it, never ``rows`` or another layer's folder (``a.b`` and ``a_b``
-    are both safe as they are, but ``a b`` and ``a_b`` would share one): a clash gets ``-2``, ``-3``..."""
-    taken, dirs = {_ROWS, _INDEX}, []
-    for name in names:
-        base = safe_name(name)
-        folder, n = base, 1
-        while folder in taken:
-            n += 1
-            folder = f"{base}-{n}"
-        taken.add(folder)
-        dirs.append(folder)
-    return dirs
+    dirs = file_stems([layer["name"] for layer in layers], reserved=[_ROWS, _INDEX])
+    return CacheWriter(out, header, [{**layer, "dir": dirs[layer["name"]]} for layer in layers], chunks)
 
 
 def cache_layout(name: str, shape: tuple[int, ...], axis: int, pool: str) -> dict[str, Any]:

@@ -222,13 +222,16 @@ def write_figures(result: Result, out_dir: Path, n: int = FIGURE_ROWS) -> list[P
     if not result.images:
         return []
     written = []
+    layer_stems = file_stems(result.layers)
     for layer in result.layers:
+        stem = layer_stems[layer]
+        family_stems = file_stems(result.families(layer), reserved=["side-by-side"])
         for family in result.families(layer):
-            path = out_dir / f"{safe_name(layer)}-{safe_name(family)}.png"
+            path = out_dir / f"{stem}-{family_stems[family]}.png"
             write_bytes(path, to_png(family_figure(result, layer, family, n=n)))
             written.append(path)
         if len(result.families(layer)) > 1:
-            path = out_dir / f"{safe_name(layer)}-side-by-side.png"
+            path = out_dir / f"{stem}-side-by-side.png"
             write_bytes(path, to_png(side_by_side_figure(result, layer)))
             written.append(path)
     return written
@@ -237,6 +240,21 @@ def write_figures(result: Result, out_dir: Path, n: int = FIGURE_ROWS) -> list[P
 def safe_name(name: str) -> str:
     """A file-name-safe form of a layer or family name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def file_stems(names: Sequence[str], reserved: Sequence[str] = ()) -> dict[str, str]:
+    """A distinct file-name-safe stem per name, never one of ``reserved``: ``a b`` and ``a_b`` would share
+    one, so a clash gets ``-2``, ``-3``... in the order given (every writer and reader passes the run's order)."""
+    taken, stems = set(reserved), {}
+    for name in dict.fromkeys(names):
+        base = safe_name(name)
+        stem, n = base, 1
+        while stem in taken:
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem)
+        stems[name] = stem
+    return stems
 
 
 def _panel_title(family: str) -> str:

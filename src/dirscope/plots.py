@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .atomic import write_bytes
 from .compare import mean_ci
-from .figures import Panel, direction_row, render_panels, safe_name, to_png
+from .figures import Panel, direction_row, file_stems, render_panels, to_png
 from .result import Result
 from .scoring import Scores
 from .seeding import numpy_rng
@@ -26,9 +26,10 @@ def write_plots(result: Result, scores: Scores, verdict: Verdict, out_dir: Path)
     """Every verdict plot of a run into ``out_dir``; returns the files written."""
     seed = int(verdict.settings.get("seed", 0))
     written = []
+    stems = file_stems(result.layers)
     for layer in result.layers:
-        written.append(_save(out_dir / f"scores-{safe_name(layer)}.png", distributions(scores, layer, seed)))
-        written += _extremes(result, scores, layer, out_dir)
+        written.append(_save(out_dir / f"scores-{stems[layer]}.png", distributions(scores, layer, seed)))
+        written += _extremes(result, scores, layer, out_dir, stems[layer])
     sweep = sweep_figure(scores, seed)
     if sweep is not None:
         written.append(_save(out_dir / "sweep.png", sweep))
@@ -141,7 +142,7 @@ def profile_figure(verdict: Verdict) -> Figure | None:
     return fig
 
 
-def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path) -> list[Path]:
+def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path, stem: str) -> list[Path]:
     """The most and the least coherent directions of each family side by side, by the first coherence metric."""
     if not result.images:
         return []
@@ -165,5 +166,5 @@ def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path) -> list
             for family, order in ranked.items()
         ]
         fig = render_panels(panels, f"{layer}: the {which} coherent directions of each family by {metric}")
-        written.append(_save(out_dir / f"{safe_name(layer)}-{which}-coherent.png", fig))
+        written.append(_save(out_dir / f"{stem}-{which}-coherent.png", fig))
     return written

@@ -35,7 +35,7 @@ from .atomic import atomic_path, write_json, write_with
 from .checkpoint import has_checkpoint, remove_checkpoint
 from .errors import DirscopeError
 from .examples import ExampleImages, png_chunks, write_examples
-from .figures import safe_name, write_figures
+from .figures import file_stems, write_figures
 from .result import Result
 
 RUN_FILES = (
@@ -152,12 +152,8 @@ def _run_files(out: Path, manifest: Any, verdict: Any, scored: bool) -> list[Pat
     if isinstance(verdict, dict) and isinstance(verdict.get("settings"), dict):
         figures += list(verdict["settings"].get("figures") or [])
     if scored:
-        for layer in layers:
-            if isinstance(layer.get("name"), str):
-                safe = safe_name(layer["name"])
-                figures += [
-                    f"figures/{n}" for n in (f"scores-{safe}.png", *(f"{safe}-{w}-coherent.png" for w in _WHICH))
-                ]
+        for safe in file_stems([layer["name"] for layer in layers if isinstance(layer.get("name"), str)]).values():
+            figures += [f"figures/{n}" for n in (f"scores-{safe}.png", *(f"{safe}-{w}-coherent.png" for w in _WHICH))]
         figures += [f"figures/{n}" for n in SCORE_FIGURES]
     names += [("figures", name, ".png") for name in figures]
     files = []
@@ -172,9 +168,9 @@ def write_run(result: Result, out: Path, figures: bool = True) -> None:
     """Write every file of the run directory. An earlier manifest is removed first and the new one is
     written last, so the directory counts as complete only when all of it is."""
     unpublish(out)
-    layer_files = {}
+    layer_files, stems = {}, file_stems(result.layers)
     for layer in result.layers:
-        name = f"directions/{safe_name(layer)}.npy"
+        name = f"directions/{stems[layer]}.npy"
         vectors = result.vectors(layer).astype(np.float32)
         write_with(out / name, lambda fh, v=vectors: np.save(fh, v))
         layer_files[layer] = name

@@ -169,6 +169,15 @@ def test_run_directory_format_and_round_trip(tmp_path):
     assert "<img" in loaded._repr_html_()
 
 
+def test_queries_name_an_unknown_layer_or_family_instead_of_answering_empty():
+    res = dirscope.run(TinyConv().eval(), ["fc"], tiny_data()[0], "basis,random:3", k=2, progress=False)
+    assert res.rows_of("fc", "random").tolist() == [5, 6, 7]  # after fc's 5 units
+    with pytest.raises(DirscopeError, match=r"has no family 'pca'; it has basis, random"):
+        res.rows_of("fc", "pca")
+    with pytest.raises(DirscopeError, match=r"no layer 'relu'; it has fc"):
+        res.rows_of("relu", "basis")
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     model, (x, _) = TinyConv().eval(), tiny_data()
     (tmp_path / "keep.txt").write_text("mine")

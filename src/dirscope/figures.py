@@ -172,8 +172,6 @@ def pick_directions(result: Result, layer: str, family: str, n: int) -> list[int
     if n < 1:
         raise DirscopeError(f"a figure needs at least 1 row of directions, got {n}")
     rows = result.rows_of(layer, family)
-    if rows.size == 0:
-        raise DirscopeError(f"layer {layer!r} has no family {family!r}; it has {', '.join(result.families(layer))}")
     if rows.size <= n:
         return rows.tolist()
     rng = numpy_rng(int(result.manifest["config"]["seed"]), "figure", layer, family)

@@ -129,7 +129,9 @@ class Result:
         return rows.sort_values("rank").reset_index(drop=True)
 
     def rows_of(self, layer: str, family: str) -> np.ndarray:
-        """Direction ids of one family at a layer."""
+        """Direction ids of one family at a layer; an unknown layer or family is an error, not an empty set."""
+        if family not in self.families(layer):
+            raise DirscopeError(f"layer {layer!r} has no family {family!r}; it has {', '.join(self.families(layer))}")
         meta = self.directions
         return meta.loc[(meta.layer == layer) & (meta.family == family), "direction"].to_numpy()
 

@@ -886,3 +886,24 @@ def test_folder_scales_16_bit_grayscale_by_its_full_range(tmp_path):
     mixed, _, _ = collect(load_data(f"folder:{tmp_path / 'gray'}"))
     assert mixed.shape == (3, 3, 6, 8) and torch.equal(mixed[0, 0], mixed[0, 2])
     np.testing.assert_allclose(mixed[0, 1].numpy(), eight / 255, atol=1e-7)
+
+
+def test_folder_names_that_are_not_utf8_are_stored_escaped_and_distinct(tmp_path):
+    """Linux allows any bytes in a name; such a class folder crashed the Parquet writer with a traceback."""
+    import os
+
+    import dirscope
+
+    root = os.fsencode(tmp_path / "data")
+    for folder in (b"caf\xe9", b"caf\xc3\xa9", b"cat"):
+        os.makedirs(os.path.join(root, folder))
+        for i in range(3):
+            save_image(Path(os.fsdecode(os.path.join(root, folder, b"%d.png" % i))), (6, 6), "L", i)
+    Path(os.fsdecode(os.path.join(root, b"cat", b"bad\xff.png"))).write_bytes(b"not a png")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    out = tmp_path / "run"
+    dirscope.run(model, ["1"], f"folder:{tmp_path / 'data'}", "basis", k=2, progress=False, out=str(out))
+    loaded = dirscope.load(out)
+    assert loaded.manifest["data"]["label_names"] == ["café", "caf\\xe9", "cat"]
+    assert loaded.manifest["data"]["skipped"][0][0] == "cat/bad\\xff.png"
+    assert set(loaded.topk["label_name"]) <= {"cat", "café", "caf\\xe9"}

@@ -67,7 +67,14 @@ def class_labels(files: list[Path], spec: str) -> tuple[np.ndarray | None, list[
         raise DirscopeError(f"{spec} mixes images ({loose}) with class subfolders; move the loose images into one")
     names = sorted({rel.parts[0] for rel in files})
     ids = {name: i for i, name in enumerate(names)}
-    return np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64), imagenet_names(names)
+    labels = np.array([ids[rel.parts[0]] for rel in files], dtype=np.int64)
+    return labels, imagenet_names([printable(name) for name in names])
+
+
+def printable(name: str) -> str:
+    """A file name as text that JSON and Parquet can store: bytes that are not UTF-8 (which Python keeps as
+    lone surrogates) are shown as ``\\xe9``, so distinct names stay distinct."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def imagenet_names(folders: list[str]) -> list[str]:
@@ -156,7 +163,7 @@ class FolderSource(DataSource):
 
     def _skip(self, i: int, exc: Exception) -> None:
         self._bad.add(i)
-        self.skipped.append((self.files[i].as_posix(), reason(exc)))
+        self.skipped.append((printable(self.files[i].as_posix()), reason(exc)))
 
     def _open_for_thumbnail(self, i: int) -> Image.Image | None:
         """The image at index ``i`` decoded for a thumbnail, or None (recorded in ``skipped``) when it
@@ -264,7 +271,7 @@ class FolderSource(DataSource):
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "path": str(self.root.resolve()),
+            "path": printable(str(self.root.resolve())),
             "skipped": [list(item) for item in self.skipped],
         }
 

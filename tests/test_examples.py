@@ -165,3 +165,25 @@ def test_a_damaged_examples_file_is_a_one_line_error(tmp_path):
     (tmp_path / "examples.parquet").write_bytes(b"not parquet")
     with pytest.raises(DirscopeError, match=r"cannot read .*examples.parquet.*run `dirscope run` again"):
         Result.load(tmp_path)
+
+
+def test_a_damaged_row_group_or_image_is_a_one_line_error_when_read(tmp_path):
+    """The footer (read on opening) can be intact while a row group's pages or a PNG are not."""
+    images = random_images(150)
+    path = tmp_path / "examples.parquet"
+    write(path, images)
+    column = pq.ParquetFile(path).metadata.row_group(1).column(2)
+    data = bytearray(path.read_bytes())
+    for at in range(column.data_page_offset, column.data_page_offset + 64):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    lazy = ExampleImages(path)
+    np.testing.assert_array_equal(lazy[1], images[1])  # row group 0 reads as before
+    damaged = r"examples.parquet: row group 1 is damaged \(.*\); run the scan again"
+    with pytest.raises(DirscopeError, match=damaged) as info:
+        lazy[3 * 64 + 1]
+    assert "\n" not in str(info.value)
+    with pytest.raises(DirscopeError, match="row group 1 is damaged"):
+        list(lazy.png_groups())
+    with pytest.raises(DirscopeError, match="a stored example image is damaged"):
+        examples.decode_png(png_bytes(images[1])[:40])

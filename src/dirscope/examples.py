@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .atomic import atomic_path
+from .errors import DirscopeError
 
 # with pandas' metadata, so pandas reads the labels back as nullable Int64, as files written from a frame
 SCHEMA = pa.Schema.from_pandas(
@@ -46,7 +47,10 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def decode_png(data: bytes) -> np.ndarray:
     """The uint8 array of a PNG written by ``png_bytes``."""
-    return np.asarray(Image.open(io.BytesIO(data)))
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)))
+    except (OSError, ValueError) as exc:  # PIL's errors for truncated or mangled bytes
+        raise DirscopeError(f"a stored example image is damaged ({exc}); run the scan again") from None
 
 
 class ExampleImages(Mapping[int, np.ndarray]):
@@ -110,7 +114,7 @@ class ExampleImages(Mapping[int, np.ndarray]):
         """(indices, PNGs) row group by row group, for copying the images without decoding them."""
         for g in range(len(self._starts) - 1):
             lo, hi = self._starts[g], self._starts[g + 1]
-            yield self._index[lo:hi], self._file.read_row_group(g, columns=["png"]).column("png").to_pylist()
+            yield self._index[lo:hi], self._read_group(g).to_pylist()
 
     def _position(self, key: object) -> int | None:
         if not isinstance(key, (int, np.integer)):
@@ -122,10 +126,20 @@ class ExampleImages(Mapping[int, np.ndarray]):
         if group in self._groups:
             self._groups.move_to_end(group)
         else:
-            self._groups[group] = self._file.read_row_group(group, columns=["png"]).column("png").combine_chunks()
+            self._groups[group] = self._read_group(group)
             if len(self._groups) > CACHED_GROUPS:
                 self._groups.popitem(last=False)
         return self._groups[group]
+
+    def _read_group(self, group: int) -> pa.BinaryArray:
+        """One row group's PNGs; a damaged group (the footer, checked on opening, can be intact) is one line."""
+        try:
+            return self._file.read_row_group(group, columns=["png"]).column("png").combine_chunks()
+        except (OSError, pa.ArrowException) as exc:
+            raise DirscopeError(
+                f"{self.path}: row group {group} is damaged ({' '.join(str(exc).split())}); "
+                "run the scan again to rewrite it"
+            ) from None
 
 
 def write_examples(path: Path, chunks: Iterable[tuple[np.ndarray, Sequence[bytes]]], labels: LabelsOf) -> None:

@@ -424,6 +424,9 @@ def test_cli_run_from_cache_rereads_images_from_the_data_spec(tmp_path, monkeypa
     assert len(examples) > 0 and examples["png"].map(len).min() > 0
     code, _, err = run_cli("run --from-cache a --layer features --data npz:data.npz --out c -q", capsys)
     assert code == 0, err
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, size=(50, 1, 8, 8)).astype(np.uint8))  # same size
+    code, _, err = run_cli(f"run --from-cache a {common} --out e", capsys)
+    assert code == 2 and "is not the version the cache was written from" in err and err.count("\n") == 1
     code, _, err = run_cli("run --layer head --data npz:data.npz --out d", capsys)
     assert code == 2 and err.startswith("error: give a model (--model) or an activation cache (--from-cache")
     code, out, _ = run_cli("run --help", capsys)

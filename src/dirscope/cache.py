@@ -398,7 +398,7 @@ def _batch_positions(kept: np.ndarray, batch: np.ndarray, batch_size: int) -> It
 
 class CachedRows:
     """Labels and images of a cached run's rows for the result: labels from the cache, images re-read
-    from the data when it can be read again (same spec and size)."""
+    from the data when it can be read again (same size and, where the data records it, same file version)."""
 
     def __init__(self, reader: CacheReader, data: Any = None) -> None:
         described, limit = reader.index["data"], reader.index["limit"]
@@ -423,6 +423,13 @@ class CachedRows:
                 f"data {source.spec!r} has {source.size} examples but the cache was written from "
                 f"{self.describe_record['size']}; "
                 "give the data the cache was written from"
+            )
+        recorded = self.describe_record.get("content")
+        if recorded is not None and source.describe().get("content") != recorded:
+            raise DirscopeError(
+                f"data {source.spec!r} is not the version the cache was written from (its files' size, "
+                "modification time or digest differ), so its images would not be the cached rows'; give that "
+                "data (a copy keeps its identity with `cp -p`)"
             )
         return source
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -102,31 +103,59 @@ def test_ci_covers_the_true_difference():
 # --- permutation p against exact enumeration ----------------------------------------------------------------------
 
 
+def welch_t(a: np.ndarray, b: np.ndarray) -> float:
+    """|Welch's t|, written out; a zero standard error gives inf (or 0 when the means agree too)."""
+    diff = abs(statistics.fmean(a) - statistics.fmean(b))
+    error = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    if error < 1e-12:
+        return math.inf if diff > 1e-12 else 0.0
+    return diff / error
+
+
 def exact_p(x: np.ndarray, y: np.ndarray) -> float:
-    """The exact two-sided permutation p over all splits of the pooled sample."""
+    """The exact two-sided permutation p of Welch's statistic over all splits of the pooled sample."""
     pooled = np.concatenate([x, y])
-    observed = abs(x.mean() - y.mean())
+    observed = welch_t(x, y)
     hits = 0
     splits = list(itertools.combinations(range(pooled.size), x.size))
     for chosen in splits:
         mask = np.zeros(pooled.size, bool)
         mask[list(chosen)] = True
-        hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-9
+        hits += welch_t(pooled[mask], pooled[~mask]) >= observed - 1e-9
     return hits / len(splits)
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("kind", ["normal", "ties", "shifted"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "shifted", "unequal"])
 def test_permutation_p_matches_exact_enumeration(kind, seed):
     rng = np.random.default_rng([4, seed])
     if kind == "ties":
         x, y = rng.integers(0, 3, 5).astype(float), rng.integers(0, 3, 5).astype(float)
+    elif kind == "unequal":  # sizes and spreads differ: here the raw difference of means ranks splits otherwise
+        x, y = rng.normal(1.0, 3.0, 3), rng.normal(0.0, 0.5, 8)
     else:
         x, y = rng.normal(1.5 if kind == "shifted" else 0.0, 1.0, 5), rng.normal(0.0, 1.0, 5)
     n_perm = 20000
     want = exact_p(x, y)
     got = compare_samples(x, y, rng=rng, n_boot=1, n_perm=n_perm).p_value
     assert abs(got - want) <= 4 * math.sqrt(want * (1 - want) / n_perm) + 2 / n_perm
+
+
+@pytest.mark.parametrize(("n_a", "sd_a", "n_b", "sd_b"), [(8, 3.0, 32, 1.0), (64, 1.0, 16, 0.2)])
+def test_equal_means_with_unequal_sizes_and_spreads_are_rejected_at_about_alpha(n_a, sd_a, n_b, sd_b):
+    """The raw difference of means rejected 25% (first case) and 0% (second) of these at 5%."""
+    rejected, reps = 0, 400
+    for i in range(reps):
+        rng = np.random.default_rng([7, i])
+        c = compare_samples(rng.normal(0.0, sd_a, n_a), rng.normal(0.0, sd_b, n_b), rng=rng, n_boot=1, n_perm=499)
+        rejected += c.p_value <= ALPHA
+    assert 0.02 <= rejected / reps <= 0.10
+
+
+def test_constant_groups_that_differ_give_the_smallest_exact_p():
+    """Zero spread in each group: only the observed split and its mirror are as extreme (2 of C(6, 3) = 20)."""
+    c = compare_samples(np.full(3, 0.1), np.full(3, 0.7), rng=np.random.default_rng(0), n_boot=10, n_perm=20000)
+    assert abs(c.p_value - 0.1) < 0.01
 
 
 def test_identical_groups_give_p_one_and_zero_interval():

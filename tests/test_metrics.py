@@ -101,6 +101,32 @@ def test_label_metrics_match_brute_force(case, n_classes):
         assert entropy == pytest.approx(-sum(c / k * math.log(c / k) for c in counts), abs=1e-12)
 
 
+@settings(max_examples=100, deadline=None)
+@given(pools_and_sets(min_k=2), st.integers(2, 9))
+def test_label_metrics_give_sets_with_the_same_label_counts_the_same_float(case, n_classes):
+    """A set, the same set in another order and the set with its classes renamed must tie exactly: the null's
+    percentile and Cliff's delta compare scores with ==, and entropy (4, 2, 1, 1, 1) once gave two floats."""
+    rng, size, sets = case
+    labels = rng.integers(0, n_classes, size)
+    shuffled = rng.permuted(sets, axis=1)
+    renamed = {"labels": (n_classes - 1 - labels) * 3}
+    similarity = rng.random((n_classes, n_classes))
+    similarity = (similarity + similarity.T) / 2
+    wordnet = get_metric("wordnet_similarity")
+    for metric in (PURITY, ENTROPY):
+        plain = metric.score(sets, {"labels": labels})
+        np.testing.assert_array_equal(metric.score(shuffled, {"labels": labels}), plain)
+        np.testing.assert_array_equal(metric.score(sets, renamed), plain)
+    with_similarity = {"labels": labels, "label_similarity": similarity}
+    np.testing.assert_array_equal(wordnet.score(shuffled, with_similarity), wordnet.score(sets, with_similarity))
+
+
+def test_label_entropy_of_one_count_multiset_is_one_float():
+    labels = [[0, 0, 0, 0, 1, 1, 2, 3, 4], [4, 4, 4, 4, 3, 3, 2, 1, 0], [2, 2, 2, 2, 0, 0, 1, 3, 4]]
+    sets = np.arange(27).reshape(3, 9)  # set i holds the rows with labels[i]
+    assert len(set(ENTROPY.score(sets, {"labels": np.concatenate(labels)}).tolist())) == 1
+
+
 def test_label_edge_cases():
     pool = {"labels": np.array([4, 4, 4, 0, 1, 2, 3])}
     sets = np.array([[0, 1, 2], [3, 4, 5]])

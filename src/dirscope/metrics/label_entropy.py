@@ -10,8 +10,9 @@ from .labels import set_label_counts
 
 
 def score(sets: np.ndarray, pool: Pool) -> np.ndarray:
-    """-sum p log p over the set's label shares p, in [0, log k]."""
-    shares = set_label_counts(sets, pool) / sets.shape[1]
+    """-sum p log p over the set's label shares p, in [0, log k]. The shares are summed in sorted order, so
+    sets with the same label counts score the very same float (ties with the null stay ties)."""
+    shares = np.sort(set_label_counts(sets, pool), axis=1) / sets.shape[1]
     return entr(shares).sum(axis=1)
 
 

@@ -210,8 +210,9 @@ def label_similarity(label_names: Sequence[str], data_noun: str | Path | None = 
 
 
 def score(sets: np.ndarray, pool: Pool) -> np.ndarray:
-    """Mean of S[label_i, label_j] over the k(k-1)/2 pairs of each set."""
-    labels = np.asarray(pool["labels"])[sets]
+    """Mean of S[label_i, label_j] over the k(k-1)/2 pairs of each set, summed in sorted label order, so sets
+    with the same labels in another order score the very same float (ties with the null stay ties)."""
+    labels = np.sort(np.asarray(pool["labels"])[sets], axis=1)
     sim = np.asarray(pool["label_similarity"])
     k = sets.shape[1]
     total = np.zeros(sets.shape[0])

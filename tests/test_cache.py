@@ -156,11 +156,11 @@ def test_a_cache_of_an_npz_records_the_files_identity_and_resumes(tmp_path, monk
     assert whole.manifest["data"]["content"] == described["content"]
     real, calls = dirscope.engine._Folds.add, []
 
-    def crash_in_the_third_batch(self, idx, acts):
+    def crash_in_the_third_batch(self, idx, y, acts):
         calls.append(idx)
         if len(calls) == 3:
             raise Crash
-        return real(self, idx, acts)
+        return real(self, idx, y, acts)
 
     monkeypatch.setattr(dirscope.engine._Folds, "add", crash_in_the_third_batch)
     with pytest.raises(Crash):

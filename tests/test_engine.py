@@ -249,8 +249,8 @@ def test_folding_each_batch_two_batches_late_changes_nothing(monkeypatch, tally)
     at_once = run()
     held, add = [], engine._Folds.add
 
-    def add_and_count(self, idx, acts):
-        add(self, idx, acts)
+    def add_and_count(self, idx, y, acts):
+        add(self, idx, y, acts)
         held.append(len(self.waiting))
 
     monkeypatch.setattr(engine._Folds, "add", add_and_count)
@@ -261,6 +261,113 @@ def test_folding_each_batch_two_batches_late_changes_nothing(monkeypatch, tally)
     pd.testing.assert_frame_equal(late.stats, at_once.stats)
     assert late.manifest["layers"] == at_once.manifest["layers"]
     assert late.manifest["layers"][0]["first_excluded_rows"] == [3, *range(16, 24), 41]
+
+
+class TwoMasks(nn.Module):
+    """Layer ``a`` is NaN on rows whose first pixel is NaN; layer ``b`` (``a`` with NaN as 0) on rows whose
+    second pixel is negative: two layers that exclude two different sets of rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Flatten(), nn.Identity()
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.b(torch.where((a[:, 1] < 0)[:, None], torch.full_like(a, float("nan")), torch.nan_to_num(a)))
+
+
+def two_mask_data(n: int = 90) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """Images, labels, and the rows each layer of TwoMasks excludes."""
+    rng = np.random.default_rng(3)
+    x = rng.random((n, 1, 4, 4)).astype(np.float32)
+    bad = {"a": sorted(rng.choice(n, 20, replace=False).tolist()), "b": sorted(rng.choice(n, 15, replace=False))}
+    x[bad["a"], 0, 0, 0] = np.nan
+    x[bad["b"], 0, 0, 1] = -1.0
+    return x, rng.integers(0, 3, size=n), {layer: [int(r) for r in rows] for layer, rows in bad.items()}
+
+
+def test_each_layers_null_is_the_null_sample_and_label_counts_of_its_finite_rows(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from dirscope import scoring
+    from dirscope.references import pixel_embeddings
+
+    x, y, bad = two_mask_data()
+    settings = dict(directions="basis,random:3", k=4, batch_size=16, null_sample=40, progress=False)
+    res = dirscope.run(TwoMasks(), ["a", "b"], (x, y), **settings, out=tmp_path / "m", cache=True)
+    null = res.null["index"].tolist()
+    finite = {layer: [r for r in range(len(y)) if r not in rows] for layer, rows in bad.items()}
+    for layer in res.manifest["layers"]:
+        rows = bad[layer["name"]]
+        assert layer["excluded_nonfinite"] == len(rows)
+        assert layer["excluded_null_rows"] == sorted(set(null) & set(rows)) != []
+        assert layer["excluded_label_counts"] == {str(c): n for c, n in sorted(Counter(y[rows].tolist()).items())}
+    cached = dirscope.run(from_cache=tmp_path / "m", **settings)
+    keys = ("excluded_nonfinite", "first_excluded_rows", "excluded_label_counts", "excluded_null_rows")
+    assert [[m[key] for key in keys] for m in cached.manifest["layers"]] == [
+        [m[key] for key in keys] for m in res.manifest["layers"]
+    ]
+
+    seen, real = [], scoring.null_summary
+
+    def spy(metric, k, rng, **kwargs):
+        seen.append(kwargs)
+        return real(metric, k, rng, **kwargs)
+
+    monkeypatch.setattr(scoring, "null_summary", spy)
+    scoring.score_run(res, metrics=["label_purity", "embedding_coherence"], references=["pixels"], null_draws=50)
+    groups = [layer for layer, _sign in res.topk.groupby(["layer", "sign"], sort=False).groups]
+    assert len(seen) == 2 * len(groups) == 8  # label_purity, then embedding_coherence:pixels, per (layer, sign)
+    for got, layer in zip(seen, groups * 2, strict=True):
+        null_rows = [r for r in null if r in finite[layer]]
+        assert got["label_counts"] == dict(Counter(y[finite[layer]].tolist()))
+        if "embeddings:pixels" in got["population"]:
+            want = pixel_embeddings(res.images, np.array(null_rows))
+            np.testing.assert_array_equal(got["population"]["embeddings:pixels"], want)
+    fingerprints = {(got["fingerprint"], layer) for got, layer in zip(seen, groups * 2, strict=True)}
+    assert len(fingerprints) == len({f for f, _ in fingerprints})  # layers with different nulls never share one
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 40, 500])
+def test_exclusions_hold_every_excluded_row_of_the_null_sample_however_cut_and_merged(size):
+    from dirscope.engine import Exclusions
+    from dirscope.tally import Reservoir
+
+    rng = np.random.default_rng(size)
+    n = 400
+    excluded = np.sort(rng.choice(n, 150, replace=False))
+    y = rng.integers(-1, 3, size=n)
+    whole = Reservoir(size, 11)
+    whole.update(np.arange(n))
+    merged = Exclusions(Reservoir(size, 11))
+    for shard in np.array_split(excluded, [30, 31, 90]):  # shards (one empty), each in batches
+        part = Exclusions(Reservoir(size, 11))
+        for batch in np.array_split(shard, 3):
+            part.add(batch, y[batch])
+        merged.merge(part)
+    assert merged.null_rows(whole.result()) == sorted(set(whole.result().tolist()) & set(excluded.tolist()))
+    assert merged.labels == {c: int((y[excluded] == c).sum()) for c in range(3)}
+    assert merged.count == 150 and merged.first == excluded[:10].tolist() and len(merged.sample.rows) <= size
+
+
+def test_runs_without_the_exclusion_keys_or_without_exclusions_score_on_the_whole_null():
+    from dirscope import scoring
+
+    x, y = tiny_data(80)
+    res = dirscope.run(TinyConv(), ["relu", "fc"], (x, y), "basis,random:3", k=4, null_sample=30, progress=False)
+    assert all(
+        layer["excluded_null_rows"] == [] and layer["excluded_label_counts"] == {} for layer in res.manifest["layers"]
+    )
+    new = scoring.score_run(res, metrics=["label_purity", "label_entropy"], null_draws=50).table
+    for layer in res.manifest["layers"]:  # a run directory written before these keys
+        del layer["excluded_null_rows"], layer["excluded_label_counts"]
+    old = scoring.score_run(res, metrics=["label_purity", "label_entropy"], null_draws=50).table
+    pd.testing.assert_frame_equal(new, old)
+    pool = scoring._pool(res)
+    for null in scoring.layer_nulls(res, pool).values():
+        assert null.positions is pool.null_positions and null.counts == {
+            c: int(n) for c, n in enumerate(np.bincount(y))
+        }
 
 
 @pytest.mark.parametrize(

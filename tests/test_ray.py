@@ -100,6 +100,21 @@ def test_ray_run_equals_the_local_run(cluster, tmp_path, limit, workers, tally):
     assert_same_dir(tmp_path / "ray", tmp_path / "local")
 
 
+def test_ray_run_keeps_each_layers_excluded_labels_and_null_rows(cluster):
+    """Excluded rows in every shard, more than the null sample holds: shards merge their exclusions exactly."""
+    x, y = data(120)
+    bad = sorted({37, *range(3, 120, 5)})
+    x[bad, 0, 0, 0] = np.nan
+    settings = {**SETTINGS, "directions": "basis,random:4", "null_sample": 15}
+    local = dirscope.run(sequential(), data=(x, y), **settings, progress=False)
+    sharded = dirscope.run(sequential(), data=(x, y), **settings, engine="ray", ray_workers=2, progress=False)
+    assert_same_result(sharded, local)
+    labels = y[bad][y[bad] >= 0]
+    for layer in sharded.manifest["layers"]:
+        assert layer["excluded_null_rows"] == sorted(set(sharded.null["index"]) & set(bad)) != []
+        assert layer["excluded_label_counts"] == {str(c): int((labels == c).sum()) for c in np.unique(labels)}
+
+
 def test_cli_end_to_end_with_engine_ray(cluster, tmp_path, monkeypatch, capsys):
     (tmp_path / "raymodel.py").write_text(
         textwrap.dedent("""
@@ -319,11 +334,11 @@ def test_ray_resume_of_a_from_cache_run_off_the_batch_size_scans_the_last_rows(c
     out = tmp_path / "resumed"
     calls, add = [], engine._Folds.add
 
-    def interrupt(self, idx, acts):
+    def interrupt(self, idx, y, acts):
         calls.append(int(idx[-1]))
         if len(calls) > 15:  # 15 cached batches of 7: rows 0-104 are scanned, next_index is 105
             raise KeyboardInterrupt
-        return add(self, idx, acts)
+        return add(self, idx, y, acts)
 
     monkeypatch.setattr(engine._Folds, "add", interrupt)
     with pytest.raises(KeyboardInterrupt):

@@ -161,6 +161,34 @@ def test_resume_after_a_crash_gives_identical_results(tmp_path, monkeypatch, poo
     assert resumed.manifest["data"]["label_counts"] == whole.manifest["data"]["label_counts"]
 
 
+def test_resume_keeps_each_layers_excluded_labels_and_null_rows(tmp_path, monkeypatch):
+    """More excluded rows than the null sample holds, some in it: the resumed run's exclusions are exact."""
+    monkeypatch.setattr("dirscope.engine._fold_lag", lambda _device: 1)
+    x, y = tiny_data(120)
+    bad = list(range(5, 120, 4))
+    x[bad, 0, 0, 0] = np.nan
+    settings = dict(layers=["relu", "fc"], directions="basis,random:4", k=4, batch_size=8, null_sample=20)
+    resumed = crashed_run(tmp_path, 9, data=(x, y), **settings)  # crashes in the 8th of 15 batches
+    whole = dirscope.run(CrashAfter(None), data=(x, y), **settings, out=str(tmp_path / "whole"), progress=False)
+    assert resumed.manifest["layers"] == whole.manifest["layers"]
+    labels = {str(c): int(n) for c, n in enumerate(np.bincount(y[bad]))}
+    for layer in resumed.manifest["layers"]:
+        assert layer["excluded_null_rows"] == sorted(set(resumed.null["index"]) & set(bad)) != []
+        assert layer["excluded_label_counts"] == labels
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(tmp_path):
+    x, y = tiny_data(80)
+    settings = dict(layers=["fc"], directions="basis", k=4, batch_size=8, out=str(tmp_path), progress=False)
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(5), data=(x, y), **settings, checkpoint_every=1e-9)
+    index = tmp_path / CHECKPOINT_DIR / "checkpoint.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": "dirscope-checkpoint/3"}))
+    with pytest.raises(DirscopeError, match=r"has format 'dirscope-checkpoint/3', not 'dirscope-checkpoint/4'") as err:
+        dirscope.run(CrashAfter(None), data=(x, y), **settings, resume=True)
+    assert "\n" not in str(err.value)
+
+
 def test_resume_of_an_iterable_skips_by_consuming(tmp_path):
     x, y = tiny_data(90)
     batches = [(torch.from_numpy(x[i : i + 15]), torch.from_numpy(y[i : i + 15])) for i in range(0, 90, 15)]
@@ -230,11 +258,11 @@ def crash_after(monkeypatch, batches: int) -> None:
     """Raise Crash when the scan reaches batch ``batches + 1`` (checkpoints before it are kept)."""
     real, seen = dirscope.engine._Folds.add, []
 
-    def add(self, idx, acts):
+    def add(self, idx, y, acts):
         seen.append(idx)
         if len(seen) > batches:
             raise Crash
-        return real(self, idx, acts)
+        return real(self, idx, y, acts)
 
     monkeypatch.setattr(dirscope.engine._Folds, "add", add)
 

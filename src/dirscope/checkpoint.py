@@ -26,8 +26,9 @@ from .errors import DirscopeError
 
 CHECKPOINT_DIR = "checkpoint"
 # 2: the null sample keeps the rows of smallest hashed key; 3: the fingerprint holds the model's info (its
-# preprocessing), the layer shapes and the data files' identity, which a /2 checkpoint cannot be checked against
-CHECKPOINT_FORMAT = "dirscope-checkpoint/3"
+# preprocessing), the layer shapes and the data files' identity, which a /2 checkpoint cannot be checked against;
+# 4: each layer keeps its excluded rows' label counts and those that may be in the null sample (a /3 lacks them)
+CHECKPOINT_FORMAT = "dirscope-checkpoint/4"
 _INDEX = "checkpoint.json"
 # Fingerprint keys as a user knows them, for the one-line refusal. A key below one of these (``model.info.
 # preprocess.resize``, ``shapes.conv``) is named by the longest one it starts with, followed by the rest.

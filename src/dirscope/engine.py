@@ -105,22 +105,79 @@ class ScanLog:
 
     def add(self, idx: np.ndarray, y: np.ndarray | None) -> None:
         self.null.update(idx)
-        if y is None:
-            self.unlabelled += idx.size
-            return
-        labels, counts = np.unique(y, return_counts=True)
-        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
-            if label < 0:
-                self.unlabelled += count
-            else:
-                self.label_counts[label] = self.label_counts.get(label, 0) + count
+        self.unlabelled += count_labels(self.label_counts, idx, y)
 
     def merge(self, other: ScanLog) -> None:
         """Fold in the log of a later, disjoint part of the data (a shard)."""
         self.null = self.null.merge(other.null)
-        for label, count in other.label_counts.items():
-            self.label_counts[label] = self.label_counts.get(label, 0) + count
+        _add_counts(self.label_counts, other.label_counts)
         self.unlabelled += other.unlabelled
+
+
+def count_labels(counts: dict[int, int], idx: np.ndarray, y: np.ndarray | None) -> int:
+    """Add the labels ``y`` of rows ``idx`` to ``counts``; returns how many rows were unlabelled (None or < 0)."""
+    if y is None:
+        return int(idx.size)
+    labels, n = np.unique(y, return_counts=True)
+    _add_counts(counts, {label: count for label, count in zip(labels.tolist(), n.tolist(), strict=True) if label >= 0})
+    return int(n[labels < 0].sum())
+
+
+def _add_counts(counts: dict[int, int], more: dict[int, int]) -> None:
+    for label, count in more.items():
+        counts[label] = counts.get(label, 0) + count
+
+
+def null_reservoir(config: RunConfig) -> Reservoir:
+    """An empty reservoir of the run's null sample: its size and seed."""
+    return Reservoir(config.null_sample, derive_seed(config.seed, "null-sample"))
+
+
+@dataclass
+class Exclusions:
+    """A layer's rows with NaN/inf activations: counted, the first named, and what its null must leave out.
+
+    Its top-k sets are drawn from its finite rows only, so its null is those rows: the null sample less the
+    rows excluded here, and the label counts less ``labels``. ``sample`` is a reservoir like the null
+    sample's (same size and seed) over the excluded rows alone: the null sample holds the smallest keys of
+    all rows, so each excluded row in it is among the smallest keys of the excluded rows. Memory stays
+    O(null sample), and it merges and resumes exactly, as the null sample does.
+    """
+
+    sample: Reservoir
+    count: int = 0
+    first: list[int] = field(default_factory=list)
+    labels: dict[int, int] = field(default_factory=dict)  # labels >= 0 of the excluded rows
+
+    def add(self, idx: np.ndarray, y: np.ndarray | None) -> None:
+        self.count += int(idx.size)
+        self.first.extend(idx[: FIRST_OFFENDERS - len(self.first)].tolist())
+        self.sample.update(idx)
+        count_labels(self.labels, idx, y)
+
+    def merge(self, other: Exclusions) -> None:
+        """Fold in the exclusions of a later, disjoint part of the rows (a shard)."""
+        self.count += other.count
+        self.first = (self.first + other.first)[:FIRST_OFFENDERS]
+        self.sample = self.sample.merge(other.sample)
+        _add_counts(self.labels, other.labels)
+
+    def null_rows(self, null_rows: np.ndarray) -> list[int]:
+        """The rows of the final null sample ``null_rows`` excluded here, sorted."""
+        return np.intersect1d(null_rows, self.sample.rows).tolist()
+
+    def state(self) -> tuple[dict[str, Any], np.ndarray]:
+        """JSON-able values and the sample's rows, for a checkpoint."""
+        sample = self.sample.state_dict()
+        rows = sample.pop("rows")
+        labels = {str(k): v for k, v in self.labels.items()}
+        return {"excluded": self.count, "first_excluded": self.first, "excluded_labels": labels, "sample": sample}, rows
+
+    @classmethod
+    def from_state(cls, record: dict[str, Any], rows: np.ndarray) -> Exclusions:
+        sample = Reservoir.from_state_dict({**record["sample"], "rows": rows})
+        labels = {int(k): int(v) for k, v in record["excluded_labels"].items()}
+        return cls(sample, int(record["excluded"]), list(record["first_excluded"]), labels)
 
 
 @dataclass
@@ -133,8 +190,7 @@ class LayerPlan:
     directions: DirectionSet
     tally: Tally | DeviceTally
     vectors: torch.Tensor
-    excluded: int = 0
-    first_excluded: list[int] = field(default_factory=list)
+    excluded: Exclusions
 
     @property
     def dim(self) -> int:
@@ -341,15 +397,15 @@ def _plan_layers(feed: Feed, config: RunConfig, checkpoint: Checkpoint | None) -
     for i, name in enumerate(feed.names):
         shape, axis = feed.shapes[name], axes[name]
         if checkpoint is not None:
-            dirs, tally, excluded, first = _restore_layer(checkpoint, i)
+            dirs, tally, excluded = _restore_layer(checkpoint, i)
         else:
             dirs = build_directions(
                 config.directions, dim=shape[axis], layer=name, seed=config.seed, fit_data=lambda n=name: fit(n)
             )
-            tally, excluded, first = Tally(len(dirs), config.k, config.bins), 0, []
+            tally, excluded = Tally(len(dirs), config.k, config.bins), Exclusions(null_reservoir(config))
         tally = make_tally(tally, config)
         vectors = torch.from_numpy(dirs.vectors).to(config.device)
-        plans.append(LayerPlan(name, shape, axis, dirs, tally, vectors, excluded, first))
+        plans.append(LayerPlan(name, shape, axis, dirs, tally, vectors, excluded))
     return plans
 
 
@@ -443,7 +499,7 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
             log.add(idx, y)
             if progress.writer is not None:
                 progress.writer.add(idx, y, acts)
-            folds.add(idx, acts)
+            folds.add(idx, y, acts)
             bar.update(idx.size)
             next_index = int(idx[-1]) + 1
             if progress.saver is not None and progress.saver.due():
@@ -477,6 +533,7 @@ class _Projected:
     there, ``finite`` tells them apart."""
 
     idx: np.ndarray
+    labels: np.ndarray | None  # for the label counts of excluded rows
     values: torch.Tensor  # float32 [K, B]
     finite: torch.Tensor  # bool [B]
     all_finite: torch.Tensor  # a bool on the device: reading it waits for the batch's forward pass
@@ -494,8 +551,9 @@ class _Folds:
         self.plans, self.pool, self.lag = plans, pool, lag
         self.waiting: list[list[_Projected]] = []
 
-    def add(self, idx: np.ndarray, acts: dict[str, torch.Tensor]) -> None:
-        self.waiting.append([_project(plan, acts[plan.name], idx, self.pool) for plan in self.plans])
+    def add(self, idx: np.ndarray, y: np.ndarray | None, acts: dict[str, torch.Tensor]) -> None:
+        """Project the batch and fold those ``lag`` batches old; the labels travel with it to its fold."""
+        self.waiting.append([_project(plan, acts[plan.name], idx, y, self.pool) for plan in self.plans])
         while len(self.waiting) > self.lag:
             self._fold_first()
 
@@ -514,21 +572,19 @@ def _fold_lag(device: str) -> int:
     return int(torch.device(device).type != "cpu")
 
 
-def _project(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, pool: str) -> _Projected:
+def _project(plan: LayerPlan, act: torch.Tensor, idx: np.ndarray, labels: np.ndarray | None, pool: str) -> _Projected:
     """Every row projected, non-finite ones too (a row's projections depend on that row only)."""
     act = act.to(plan.vectors.device)  # a cache's rows arrive on the CPU
     finite = finite_rows(act)
-    return _Projected(idx, project(act, plan.vectors, pool, plan.axis).float(), finite, finite.all())
+    return _Projected(idx, labels, project(act, plan.vectors, pool, plan.axis).float(), finite, finite.all())
 
 
 def _fold(plan: LayerPlan, batch: _Projected) -> None:
-    """The batch's finite rows into the layer's tally; the others counted and the first ones named."""
+    """The batch's finite rows into the layer's tally; the others into its Exclusions."""
     values, idx = batch.values, batch.idx
     if not bool(batch.all_finite):
         ok = batch.finite.cpu().numpy()
-        bad = idx[~ok]
-        plan.excluded += int(bad.size)
-        plan.first_excluded.extend(bad[: FIRST_OFFENDERS - len(plan.first_excluded)].tolist())
+        plan.excluded.add(idx[~ok], None if batch.labels is None else np.asarray(batch.labels)[~ok])
         values, idx = values[:, batch.finite], idx[ok]
         if idx.size == 0:
             return
@@ -595,16 +651,8 @@ def _scan_state(
         arrays.update({f"{i}.tally.{key}": value for key, value in plan.tally.state_dict().items()})
         dirs = plan.directions
         arrays.update({f"{i}.vectors": dirs.vectors, f"{i}.member": dirs.member, f"{i}.unit": dirs.unit})
-        layers.append(
-            {
-                "name": plan.name,
-                "family": dirs.family,
-                "specs": dirs.specs,
-                "info": dirs.info,
-                "excluded": plan.excluded,
-                "first_excluded": plan.first_excluded,
-            }
-        )
+        excluded, arrays[f"{i}.excluded_rows"] = plan.excluded.state()
+        layers.append({"name": plan.name, "family": dirs.family, "specs": dirs.specs, "info": dirs.info, **excluded})
     null = log.null.state_dict()
     arrays["null.rows"] = null.pop("rows")
     meta = {
@@ -618,19 +666,19 @@ def _scan_state(
     return meta, arrays
 
 
-def _restore_layer(checkpoint: Checkpoint, i: int) -> tuple[DirectionSet, Tally, int, list[int]]:
+def _restore_layer(checkpoint: Checkpoint, i: int) -> tuple[DirectionSet, Tally, Exclusions]:
     record, arrays = checkpoint.meta["layers"][i], checkpoint.arrays
     prefix = f"{i}.tally."
     tally = Tally.from_state_dict({key[len(prefix) :]: v for key, v in arrays.items() if key.startswith(prefix)})
     vectors, member, unit = (arrays[f"{i}.{name}"] for name in ("vectors", "member", "unit"))
     dirs = DirectionSet(vectors, record["family"], member, unit, record["specs"], record["info"])
-    return dirs, tally, int(record["excluded"]), list(record["first_excluded"])
+    return dirs, tally, Exclusions.from_state(record, arrays[f"{i}.excluded_rows"])
 
 
 def _restore_log(checkpoint: Checkpoint | None, config: RunConfig) -> tuple[ScanLog, int]:
     """The scan log and the dataset index to start from: fresh, or as the checkpoint left them."""
     if checkpoint is None:
-        return ScanLog(Reservoir(config.null_sample, derive_seed(config.seed, "null-sample"))), 0
+        return ScanLog(null_reservoir(config)), 0
     meta = checkpoint.meta
     null = Reservoir.from_state_dict({**meta["null"], "rows": checkpoint.arrays["null.rows"]})
     counts = {int(k): int(v) for k, v in meta["label_counts"].items()}
@@ -664,14 +712,14 @@ def _build_result(
     if out is not None:
         unpublish(out)
     images = collect_images(indices, labels, feed.rows.images_at, out)
-    manifest = _manifest(feed, plans, config, started)
+    manifest = _manifest(feed, plans, config, started, null_rows)
     manifest["data"]["label_counts"] = {str(k): v for k, v in sorted(log.label_counts.items())} or None
     manifest["data"]["unlabelled_rows"] = log.unlabelled
     for plan in plans:
-        if plan.excluded:
+        if plan.excluded.count:
             print(
-                f"warning: layer {plan.name!r}: {plan.excluded} examples with NaN/inf activations excluded "
-                f"(first rows: {plan.first_excluded}); see manifest.json",
+                f"warning: layer {plan.name!r}: {plan.excluded.count} examples with NaN/inf activations excluded "
+                f"(first rows: {plan.excluded.first}); see manifest.json",
                 file=sys.stderr,
             )
     return Result.from_tallies(
@@ -686,7 +734,9 @@ def _build_result(
     )
 
 
-def _manifest(feed: Feed, plans: list[LayerPlan], config: RunConfig, started: float) -> dict[str, Any]:
+def _manifest(
+    feed: Feed, plans: list[LayerPlan], config: RunConfig, started: float, null_rows: np.ndarray
+) -> dict[str, Any]:
     import numba
     import pyarrow
 
@@ -707,8 +757,10 @@ def _manifest(feed: Feed, plans: list[LayerPlan], config: RunConfig, started: fl
                 "directions": len(p.directions),
                 "families": p.directions.families(),
                 "direction_info": p.directions.info,
-                "excluded_nonfinite": p.excluded,
-                "first_excluded_rows": p.first_excluded,
+                "excluded_nonfinite": p.excluded.count,
+                "first_excluded_rows": p.excluded.first,
+                "excluded_label_counts": {str(k): v for k, v in sorted(p.excluded.labels.items())},
+                "excluded_null_rows": p.excluded.null_rows(null_rows),
             }
             for p in plans
         ],

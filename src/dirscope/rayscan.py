@@ -4,8 +4,9 @@ The driver opens the feed and plans every layer first, so fitted families (PCA) 
 task receives the directions as arrays. A task rebuilds the feed from the arguments the driver got (spec
 strings are built again on the worker, Python objects arrive pickled), checks it built the same model and
 data, scans rows [start, stop) with ``engine._scan``, and returns what a checkpoint stores: the tallies'
-state_dicts, the NaN/inf exclusions, the label counts and the null sample. The driver merges shards in row
-order as they finish, with ``Tally.merge`` (exact) and checkpoints the merged prefix as a local run would.
+state_dicts, the NaN/inf exclusions (with their labels and null-sample candidates), the label counts and the
+null sample. The driver merges shards in row order as they finish, with ``Tally.merge`` (exact) and
+checkpoints the merged prefix as a local run would.
 Shards are cut only where the local pass starts a batch (multiples of the batch size, or for a cache the
 writing run's batch starts, cut to the batch size), so every shard sees the batches of a single pass.
 """
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import IterableSource
 from .directions import DirectionSet
 from .engine import (
-    FIRST_OFFENDERS,
+    Exclusions,
     LayerPlan,
     RunConfig,
     ScanLog,
@@ -37,6 +38,7 @@ from .engine import (
     _restore_log,
     _scan,
     make_tally,
+    null_reservoir,
 )
 from .errors import DirscopeError
 from .feeds import CacheFeed, Feed, Rows
@@ -77,11 +79,10 @@ class _Task:
 
 @dataclass
 class ShardState:
-    """One shard's mergeable result, as the state_dicts that checkpoints store."""
+    """One shard's mergeable result: what checkpoints store, the tallies as state_dicts."""
 
     tallies: list[dict[str, np.ndarray]]
-    excluded: list[int]
-    first_excluded: list[list[int]]
+    excluded: list[Exclusions]
     label_counts: dict[int, int]
     unlabelled: int
     null: dict[str, Any]
@@ -265,10 +266,9 @@ def _cancel(ray: Any, refs: list[Any]) -> None:
 
 def absorb(plans: list[LayerPlan], log: ScanLog, shard: ShardState) -> None:
     """Merge the next shard (in row order) into the driver's tallies and log."""
-    for plan, state, excluded, first in zip(plans, shard.tallies, shard.excluded, shard.first_excluded, strict=True):
+    for plan, state, excluded in zip(plans, shard.tallies, shard.excluded, strict=True):
         plan.tally = plan.tally.merge(Tally.from_state_dict(state))
-        plan.excluded += excluded
-        plan.first_excluded = (plan.first_excluded + first)[:FIRST_OFFENDERS]
+        plan.excluded.merge(excluded)
     log.merge(ScanLog(Reservoir.from_state_dict(shard.null), dict(shard.label_counts), shard.unlabelled))
 
 
@@ -280,7 +280,9 @@ def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
     feed = _open_feed(job.model, job.layers, job.data, config, job.from_cache, job.workers)
     _check_same(feed, task.expect)
     plans = [
-        LayerPlan(name, shape, axis, dirs, _fresh_tally(dirs, config), _vectors(dirs, config.device))
+        LayerPlan(
+            name, shape, axis, dirs, _fresh_tally(dirs, config), _vectors(dirs, config.device), _no_exclusions(config)
+        )
         for name, shape, axis, dirs in task.layers
     ]
     log = _restore_log(None, config)[0]
@@ -288,7 +290,6 @@ def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
     return ShardState(
         [p.tally.state_dict() for p in plans],
         [p.excluded for p in plans],
-        [p.first_excluded for p in plans],
         log.label_counts,
         log.unlabelled,
         log.null.state_dict(),
@@ -298,6 +299,11 @@ def scan_shard(task: _Task, start: int, stop: int) -> ShardState:
 def _fresh_tally(dirs: DirectionSet, config: RunConfig) -> Any:
     """The kind of tally the driver would scan with (on the GPU with --device cuda)."""
     return make_tally(Tally(len(dirs), config.k, config.bins), config)
+
+
+def _no_exclusions(config: RunConfig) -> Exclusions:
+    """A layer's exclusions before any row: its sample a reservoir like the run's null sample."""
+    return Exclusions(null_reservoir(config))
 
 
 def _vectors(dirs: DirectionSet, device: str) -> torch.Tensor:

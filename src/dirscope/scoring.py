@@ -1,12 +1,15 @@
 """Coherence scores of every direction's top-k and bottom-k sets, each against its null model.
 
 The pool is every row named by the run's top-k lists plus its null sample. Each metric scores all sets
-of a layer at once; its null is the same score over random k-subsets of the dataset (exact class counts
-for label metrics, the null sample otherwise). Label-free statistics come from the run's tables.
+of a layer at once; its null is the same score over random k-subsets of the rows the sets were drawn from,
+the layer's rows with finite activations (exact class counts for label metrics, the null sample otherwise,
+each less the rows the layer excluded as NaN/inf). Label-free statistics come from the run's tables.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -66,10 +69,29 @@ class Pool:
     def positions(self, indices: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.rows, indices)
 
-    def population(self, keys: Sequence[str], constants: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        out = {key: self.data[key][self.null_positions] for key in keys}
+    def population(
+        self, keys: Sequence[str], constants: Sequence[str] = (), positions: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The null population's ``keys`` (at ``positions``, default the whole null sample) and ``constants``."""
+        at = self.null_positions if positions is None else positions
+        out = {key: self.data[key][at] for key in keys}
         out.update({key: self.data[key] for key in constants})
         return out
+
+
+@dataclass(frozen=True)
+class LayerNull:
+    """A layer's null population: its sets were drawn from its rows with finite activations only, so the null
+    sample less the rows it excluded as NaN/inf, and the label counts less theirs.
+
+    The tags name what was left out ("" for nothing, as in every run without NaN/inf): they key the NullCache,
+    so layers share a null exactly when they share its population.
+    """
+
+    positions: np.ndarray  # pool positions of the null-sample rows finite at the layer
+    counts: dict[int, int] | None
+    rows_tag: str = ""
+    counts_tag: str = ""
 
 
 def score_run(
@@ -98,9 +120,9 @@ def score_run(
     scored = _gather_pool_data(result, pool, wanted, refs, data, device, notices, strict=references is not None)
     frames, higher, kinds = [], {}, {}
     cache = NullCache()
-    counts = _label_counts(result)
+    nulls = layer_nulls(result, pool)
     for label, metric in scored:
-        frames.append(_score_metric(result, pool, label, metric, counts, null_draws, seed, cache))
+        frames.append(_score_metric(result, pool, label, metric, nulls, null_draws, seed, cache))
         higher[label], kinds[label] = metric.higher_is_better, "coherence"
     stats = [name for name in wanted if name in LABEL_FREE] if metrics is not None else list(LABEL_FREE)
     if stats:
@@ -280,12 +302,34 @@ def _label_counts(result: Result) -> dict[int, int] | None:
     return {int(k): int(v) for k, v in counts.items()} if counts else None
 
 
+def layer_nulls(result: Result, pool: Pool) -> dict[str, LayerNull]:
+    """Each layer's null population, from its manifest entry (runs made before these keys: nothing left out)."""
+    counts = _label_counts(result)
+    nulls = {}
+    for layer in result.manifest["layers"]:
+        rows = np.asarray(layer.get("excluded_null_rows") or [], np.int64)
+        less = {int(c): int(n) for c, n in (layer.get("excluded_label_counts") or {}).items()}
+        null = LayerNull(pool.null_positions, counts)
+        if rows.size:
+            keep = ~np.isin(pool.rows[pool.null_positions], rows)
+            null = replace(null, positions=pool.null_positions[keep], rows_tag=f"/excluding:{_digest(rows.tolist())}")
+        if less and counts is not None:
+            finite = {c: n - less.get(c, 0) for c, n in counts.items()}
+            null = replace(null, counts=finite, counts_tag=f"/excluding:{_digest(sorted(less.items()))}")
+        nulls[layer["name"]] = null
+    return nulls
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
 def _score_metric(
     result: Result,
     pool: Pool,
     label: str,
     metric: Metric,
-    counts: dict[int, int] | None,
+    nulls: dict[str, LayerNull],
     draws: int,
     seed: int,
     cache: NullCache,
@@ -298,7 +342,7 @@ def _score_metric(
         sets = pool.positions(group["index"].to_numpy(np.int64)).reshape(-1, k)
         values = group["value"].to_numpy().reshape(-1, k)
         scores = _masked_scores(metric, sets, pool)
-        null = _null(metric, label, k, pool, counts, draws, seed, cache)
+        null = _null(metric, label, k, pool, nulls[str(layer)], draws, seed, cache)
         z, pct = against_null(scores, null)
         frames.append(
             pd.DataFrame(
@@ -338,21 +382,23 @@ def _null(
     label: str,
     k: int,
     pool: Pool,
-    counts: dict[int, int] | None,
+    layer: LayerNull,
     draws: int,
     seed: int,
     cache: NullCache,
 ) -> NullSummary:
-    population = pool.population(metric.needs if metric.null == "pool" else (), metric.constants)
+    """The null of ``metric`` at ``k`` over the layer's finite rows (see LayerNull)."""
+    by_pool = metric.null == "pool"
+    population = pool.population(metric.needs if by_pool else (), metric.constants, layer.positions)
     return null_summary(
         metric,
         k,
         numpy_rng(seed, "null", label, str(k)),
         population=population,
-        label_counts=counts,
+        label_counts=layer.counts,
         draws=draws,
         cache=cache,
-        fingerprint=f"{label}/{k}",
+        fingerprint=f"{label}/{k}{layer.rows_tag if by_pool else layer.counts_tag}",
     )
 
 

@@ -66,7 +66,8 @@ def null_summary(
     """The null of ``metric`` at set size ``k`` from ``draws`` random k-subsets.
 
     Label metrics (``metric.null == "label_counts"``) draw from ``label_counts``, the exact class counts
-    of the whole scanned dataset (multivariate hypergeometric), reading their ``constants`` from
+    of the rows the sets were drawn from (for a run's layer: its rows with finite activations; multivariate
+    hypergeometric), reading their ``constants`` from
     ``population``; the others draw subsets of
     ``population``, a pool built from a seeded random sample of the dataset. With a ``cache`` the key is
     (metric, k, draws, fingerprint); without a ``fingerprint`` it is a hash of the data the null reads.

@@ -16,6 +16,7 @@ from scipy import stats as sps
 
 from dirscope.directions import DirectionSet
 from dirscope.errors import DirscopeError
+from dirscope.figures import tie_note
 from dirscope.metrics import (
     GLYPH_ATTRIBUTES,
     METRICS,
@@ -85,6 +86,30 @@ def test_degenerate():
     values = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 2.0], [np.nan, np.nan, np.nan], [-1.5, -1.5, -1.5]])
     assert degenerate(values).tolist() == [True, False, False, True]
     assert degenerate(np.array([[0.0], [1.0]])).tolist() == [False, False]  # one value shows no tie
+    # with each direction's zero count: zeros in a set while the direction has more were picked by index
+    padded = np.array([[0.7, 0.0, 0.0], [0.7, 0.2, 0.0], [0.7, 0.2, 0.1], [0.0, 0.0, 0.0], [0.0, -1.0, -2.0]])
+    zeros = np.array([5, 1, 9, 3, 1])
+    assert degenerate(padded, zeros=zeros).tolist() == [True, False, False, True, False]
+    notes = [tie_note(row, z) for row, z in zip(padded, zeros, strict=True)]  # the figures' row titles agree
+    assert notes == ["2 of its 5 zeros, by index", None, None, "all tied: order by index", None]
+    assert degenerate(np.array([[0.0], [0.0]]), zeros=np.array([4, 1])).tolist() == [True, False]
+
+
+def test_a_nearly_dead_units_padded_top_set_is_degenerate():
+    """Unit 0 fires on rows 10 and 20 only: its top-4 is those two and rows 0 and 1, picked by index."""
+    import torch
+
+    import dirscope
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    x[:, 0] = -1.0
+    x[[10, 20], 0] = [2.0, 1.0]
+    y = np.arange(60) % 3
+    run = dirscope.run(torch.nn.Sequential(torch.nn.ReLU()), ["0"], (x, y), "basis", k=4, progress=False)
+    assert run.examples("0", 0)["index"].tolist() == [10, 20, 0, 1]
+    dirscope.score(run, metrics=["label_purity"], null_draws=50, n_boot=10, n_perm=10)
+    top = run.scores[(run.scores.sign == "max")].set_index("direction")["degenerate"]
+    assert top.tolist() == [True, False, False]
 
 
 # ---- label metrics --------------------------------------------------------------------------------------

@@ -599,19 +599,25 @@ def test_browser_screenshots_for_the_docs(browser, tmp_path):
 @pytest.fixture(scope="module")
 def close_run(tmp_path_factory) -> Path:
     """130 units about 1000 +- 0.01 (distinct values that agree to 4 significant digits; unit 5 constant, so
-    exactly tied) and 12 random directions, for the tie note, the sort and the search "unit 12" vs 120-129."""
+    exactly tied; unit 7 zero but on rows 3 and 9, so its top-5 is padded with zeros by row) and 12 random
+    directions, for the tie notes, the sort and the search "unit 12" vs 120-129."""
     import torch
     from torch import nn
 
     root = tmp_path_factory.mktemp("close")
     rng = np.random.default_rng(0)
-    np.savez(root / "d.npz", x=(rng.random((120, 1, 4, 4)) * 255).astype(np.uint8), y=rng.integers(0, 3, 120))
+    x = (rng.random((120, 1, 4, 4)) * 255).astype(np.uint8)
+    x[:, 0, 0, 0] = 0
+    x[[3, 9], 0, 0, 0] = 200
+    np.savez(root / "d.npz", x=x, y=rng.integers(0, 3, 120))
     torch.manual_seed(0)
     lin = nn.Linear(16, 130)
     with torch.no_grad():
         lin.weight.mul_(1e-2)
         lin.weight[5] = 0.0
         lin.bias.fill_(1000.0)
+        lin.weight[7], lin.bias[7] = 0.0, 0.0
+        lin.weight[7, 0] = 1.0
     model = nn.Sequential(OrderedDict([("flat", nn.Flatten()), ("fc", lin)]))
     out = root / "run"
     data = f"npz:{root / 'd.npz'}"
@@ -635,7 +641,9 @@ def test_report_embeds_exact_values_so_ties_and_sorting_agree_with_the_run(close
             tied += exact.nunique() == 1
         exact_stats = [stats_table.loc[d["d"], c] for c in report_html.STAT_COLUMNS]
         assert d["s"] == [None if np.isnan(v) else v for v in exact_stats]  # NaN (unit 5's skew): null
-    assert tied == 2  # unit 5 only; with 4 digits it was every set
+    assert tied == 3  # unit 5's two sets and unit 7's bottom one; with 4 digits it was every set
+    padded = next(d for d in data["dirs"] if d["t"] == "basis: unit 7")
+    assert padded["z0"] == 118 and [c[0] for c in padded["top"]] == [3, 9, 0, 1, 2]
     i = data["stats"].index("max")
     order = [d["d"] for d in sorted(data["dirs"], key=lambda d: (-d["s"][i], d["d"]))]
     by_max = stats_table.reset_index().sort_values(["max", "direction"], ascending=[False, True])
@@ -655,7 +663,8 @@ def test_browser_report_ties_sort_and_whole_number_search(browser, close_run):
     page.click("#tabs button[data-tab=directions]")
     page.select_option("#f-size", label="100")
     cards = page.eval_on_selector_all(".card", "cs => cs.map(c => Number(c.dataset.direction))")
-    assert page.locator("text=all tied: ordered by dataset row").count() == 2 and 5 in cards
+    assert page.locator("text=all tied: ordered by dataset row").count() == 3 and {5, 7} <= set(cards)
+    assert page.locator("text=3 of its 118 exact zeros, picked by dataset row").count() == 1
 
     def titles(text: str) -> list[str]:
         page.fill("#f-search", text)

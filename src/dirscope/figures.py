@@ -157,9 +157,24 @@ def direction_row(result: Result, layer: str, direction: int, sign: str = "max")
         images.append(img)
         captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {short_label(str(name))}"))
     title = direction_title(result, layer, direction)
-    if ex["value"].nunique() == 1 and len(ex) > 1:
-        title += "\n(all tied: order by index)"
-    return GridRow(title, images, captions)
+    note = tie_note(ex["value"].to_numpy(), _zeros_of(result, layer, direction))
+    return GridRow(title if note is None else f"{title}\n({note})", images, captions)
+
+
+def tie_note(values: np.ndarray, zeros: int) -> str | None:
+    """What a set's order says when the dataset index, not the direction, picked its examples (the sets
+    ``metrics.degenerate`` flags): all its values tie, or it holds some of the direction's exact zeros."""
+    held = int(np.count_nonzero(values == 0))
+    if len(values) > 1 and np.all(values == values[0]):
+        return "all tied: order by index"
+    if 0 < held < zeros:
+        return f"{held} of its {zeros} zeros, by index"
+    return None
+
+
+def _zeros_of(result: Result, layer: str, direction: int) -> int:
+    stats = result.stats
+    return int(stats.loc[(stats.layer == layer) & (stats.direction == direction), "zeros"].iloc[0])
 
 
 def short_label(name: str, limit: int = CAPTION_CHARS) -> str:

@@ -355,11 +355,17 @@ def _score_metric(
                     "score": scores,
                     "z": z,
                     "percentile": pct,
-                    "degenerate": degenerate(values),
+                    "degenerate": degenerate(values, _zeros(result, str(layer), directions)),
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def _zeros(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
+    """Each direction's exact zeros over the data, from the run's stats."""
+    stats = result.stats[result.stats["layer"] == layer].set_index("direction")["zeros"]
+    return stats.reindex(directions).to_numpy(np.int64)
 
 
 def _k_of(group: pd.DataFrame) -> int:

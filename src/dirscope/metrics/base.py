@@ -96,16 +96,21 @@ def get_metric(metric: Metric | str) -> Metric:
     return metric if isinstance(metric, Metric) else METRICS.build(metric)
 
 
-def degenerate(values: np.ndarray) -> np.ndarray:
-    """bool [M]: sets whose k >= 2 projection values are all equal (e.g. a dead ReLU unit, whose "top-k"
-    is just the lowest dataset indices), so their examples say nothing about the direction.
+def degenerate(values: np.ndarray, zeros: np.ndarray | None = None) -> np.ndarray:
+    """bool [M]: sets chosen by dataset index rather than by the direction, so their examples say nothing
+    about it: their k >= 2 values are all equal (a dead ReLU unit, whose "top-k" is the lowest indices), or,
+    given ``zeros`` (each set's direction's exact zeros over the data, from ``stats``), they hold some zeros
+    of more (a nearly dead unit: its few positive rows padded with the lowest-index zero rows, the same rows
+    for every such unit).
 
-    A single value (k = 1) cannot show a tie and is never degenerate; catch constant directions there
-    from the run's ``stats`` (std 0). NaN never equals anything, so sets with NaN are not degenerate.
+    A single value (k = 1) cannot show a tie on its own; catch constant directions there from the run's
+    ``stats`` (std 0). NaN never equals anything, so sets with NaN are not degenerate.
     """
     values = np.asarray(values)
     if values.ndim != 2:
         raise ValueError(f"values must be [M, k], got shape {values.shape}")
-    if values.shape[1] < 2:
-        return np.zeros(values.shape[0], dtype=bool)
-    return np.all(values == values[:, :1], axis=1)
+    tied = np.all(values == values[:, :1], axis=1) & (values.shape[1] >= 2)
+    if zeros is None:
+        return tied
+    held = np.count_nonzero(values == 0, axis=1)
+    return tied | ((held > 0) & (np.asarray(zeros) > held))

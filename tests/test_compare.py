@@ -336,6 +336,8 @@ def test_format_row():
     assert format_row(narrow, "kurtosis", "basis", "rotation:0.5").endswith(
         "difference -0.004 [95% CI -0.006, -0.002], p = 0.012"
     )
+    at_zero = Comparison(0.5, 0.0, 1.0, 0.2, 0.5, 8, 8, 0.5, 0.0, True, "")  # an all-zero family: CI from 0
+    assert "[95% CI 0.00, +1.00]" in format_row(at_zero, "zero_fraction", "basis", "random")
 
 
 def test_conclusion_more_less_none_mixed():

@@ -380,9 +380,10 @@ def _places(effect: float, low: float, high: float) -> int:
 
 
 def _number(value: float, places: int, signed: bool = False) -> str:
+    """A number to ``places`` decimals; an exact 0 gets no sign, which would read as "excludes 0" in a CI."""
     if not math.isfinite(value):
         return "n/a"
-    return f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
+    return f"{value:+.{places}f}" if signed and value != 0.0 else f"{abs(value) if value == 0.0 else value:.{places}f}"
 
 
 def _ci_text(low: float, high: float, places: int) -> str:

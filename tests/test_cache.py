@@ -478,3 +478,17 @@ def test_a_damaged_chunk_checked_in_the_background_is_the_same_clear_error(chunk
     path.write_bytes(bytes(data_bytes))
     with pytest.raises(DirscopeError, match=rf"chunk relu/{name} is damaged: its CRC-32 is"):
         dirscope.run(directions="random:2", k=2, from_cache=str(chunked_cache), progress=False)
+
+
+def test_a_layer_name_too_long_for_a_file_name_gets_a_cut_hashed_stem(tmp_path):
+    """torch allows a 300-character module name; a file name ends at 255 bytes, so the run (and its cache)
+    once scanned everything and then failed to write, on every resume too."""
+    long = "L" * 300
+    model = nn.Sequential(nn.Flatten())
+    model.add_module(long, nn.Linear(98, 4))
+    run = dirscope.run(model, [long], data(60), "basis", k=2, progress=False, out=str(tmp_path / "r"), cache=True)
+    (stem,) = {path.stem for path in (tmp_path / "r" / "directions").iterdir()}
+    assert len(stem) == 96 and stem.startswith("L" * 79 + "-")
+    np.testing.assert_array_equal(dirscope.load(tmp_path / "r").vectors(long), run.vectors(long))
+    again = dirscope.run(directions="basis", k=2, progress=False, from_cache=str(tmp_path / "r"))
+    pd.testing.assert_frame_equal(again.topk, run.topk)

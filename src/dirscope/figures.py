@@ -9,6 +9,7 @@ under a second. The HTML report draws its grids in the browser from the stored e
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ SIDE_BY_SIDE_ROWS = 4  # as in Szegedy et al. Figs. 1-4
 _PAD = 0.12  # gap between cells, in cell widths
 _CAPTION = 0.32  # caption band under each image, in cell heights
 CAPTION_CHARS = 12  # label characters shown under an image
+MAX_STEM = 96  # characters of a layer or family name in a file name: two of them and a suffix fit in 255 bytes
 _LEFT = 1.5  # row-title margin, inches
 _CELL = 0.9  # inches per image
 
@@ -257,10 +259,13 @@ def safe_name(name: str) -> str:
 
 def file_stems(names: Sequence[str], reserved: Sequence[str] = ()) -> dict[str, str]:
     """A distinct file-name-safe stem per name, never one of ``reserved``: ``a b`` and ``a_b`` would share
-    one, so a clash gets ``-2``, ``-3``... in the order given (every writer and reader passes the run's order)."""
+    one, so a clash gets ``-2``, ``-3``... in the order given (every writer and reader passes the run's order).
+    A name longer than ``MAX_STEM`` is cut and ends in a hash of the whole name."""
     taken, stems = set(reserved), {}
     for name in dict.fromkeys(names):
         base = safe_name(name)
+        if len(base) > MAX_STEM:  # file names end at 255 bytes; a stem still has suffixes to take
+            base = f"{base[: MAX_STEM - 17]}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
         stem, n = base, 1
         while stem in taken:
             n += 1

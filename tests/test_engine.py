@@ -547,3 +547,30 @@ def test_overwrite_refuses_to_leave_an_earlier_runs_cache_to_a_later_from_cache(
         prepare_out(out, True, cache=False, from_cache=reads)
     prepare_out(out, True, cache=True)  # a run that writes its own replaces it
     assert (out / "cache" / "index.json").is_file()
+
+
+class _Cast(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.flatten(1).to(self.dtype)
+
+
+class _Empty(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :0]
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (_Cast(torch.complex64), r"layer '0' gives complex values \(torch.complex64\); choose a real-valued layer"),
+        (_Empty(), r"layer '0' gives empty activations \(shape \[0\]\); choose another"),
+    ],
+)
+def test_complex_or_empty_layers_are_refused_in_one_line(layer, message):
+    """Complex values were cast to real (torch warned) and an empty layer raised a bare ValueError."""
+    with pytest.raises(DirscopeError, match=message):
+        dirscope.run(nn.Sequential(layer), ["0"], np.zeros((8, 1, 4, 4), np.float32), "basis", k=2, progress=False)

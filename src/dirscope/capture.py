@@ -25,6 +25,7 @@ class LayerInfo:
     type: str
     shape: tuple[int, ...] | None  # None: did not run, or returned no tensor
     calls: int
+    dtype: torch.dtype | None = None
 
 
 OUTPUT = "output"  # a TorchScript model's one layer
@@ -119,8 +120,10 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     if scripted(module):
         with torch.inference_mode():
             tensor = first_tensor(forward(module, example))
-        return [LayerInfo(OUTPUT, "TorchScript", tuple(tensor.shape[1:]) if tensor is not None else None, 1)]
+        shape = tuple(tensor.shape[1:]) if tensor is not None else None
+        return [LayerInfo(OUTPUT, "TorchScript", shape, 1, None if tensor is None else tensor.dtype)]
     shapes: dict[str, tuple[int, ...] | None] = {}
+    dtypes: dict[str, torch.dtype] = {}
     calls: dict[str, int] = {}
 
     def hook_for(name: str):
@@ -128,6 +131,8 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             calls[name] = calls.get(name, 0) + 1
             tensor = first_tensor(output)
             shapes.setdefault(name, tuple(tensor.shape[1:]) if tensor is not None else None)
+            if tensor is not None:
+                dtypes.setdefault(name, tensor.dtype)
 
         return hook
 
@@ -139,7 +144,7 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     finally:
         for h in handles:
             h.remove()
-    return [LayerInfo(n, type(m).__name__, shapes.get(n), calls.get(n, 0)) for n, m in layers.items()]
+    return [LayerInfo(n, type(m).__name__, shapes.get(n), calls.get(n, 0), dtypes.get(n)) for n, m in layers.items()]
 
 
 class Capture:

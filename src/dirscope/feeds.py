@@ -73,6 +73,11 @@ class ModelFeed:
                 raise DirscopeError(f"layer {name!r} did not produce a tensor in a dry forward; choose another layer")
             if info.calls > 1:
                 raise DirscopeError(f"layer {name!r} runs {info.calls} times per forward pass; hook one of its callers")
+            if info.dtype is not None and info.dtype.is_complex:
+                raise DirscopeError(f"layer {name!r} gives complex values ({info.dtype}); choose a real-valued layer")
+            if 0 in info.shape:
+                shape = list(info.shape)
+                raise DirscopeError(f"layer {name!r} gives empty activations (shape {shape}); choose another")
             shapes[name] = info.shape
         return shapes
 

@@ -119,7 +119,7 @@ def build_directions(
     ``rotation[:ALPHA]`` of different ALPHA share one Q, and layers draw independently.
     """
     if dim < 1:
-        raise ValueError(f"layer {layer!r} has dimension {dim}; directions need dim >= 1")
+        raise DirscopeError(f"layer {layer!r} has dimension {dim}; directions need dim >= 1")
     parsed = (
         parse_spec_list(specs, "direction family")
         if isinstance(specs, str)

@@ -443,3 +443,21 @@ def test_every_write_fsyncs_the_file_and_then_its_directory(tmp_path, monkeypatc
     state = json.loads((folder / "checkpoint.json").read_text())["state_file"]
     kinds = ["dir" if p == str(folder) else os.path.basename(p).split(".tmp")[0][:-9] for p in synced]
     assert kinds == [f".{state}", "dir", ".checkpoint.json", "dir"]  # mkstemp adds 8 characters and a dot
+
+
+def test_a_checkpoint_whose_directions_file_changed_is_refused(tmp_path, monkeypatch):
+    """The checkpoint keeps the file's old rows; resuming kept them silently while the file said otherwise."""
+    path = tmp_path / "mine.npy"
+    np.save(path, np.eye(2, 4, dtype=np.float32))
+    settings = dict(model=Pooled(), layers=["fc"], data=tiny_data(40)[0], directions=f"basis,file:{path}", k=3)
+    settings.update(batch_size=8, out=str(tmp_path / "run"), progress=False)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(Crash):
+            dirscope.run(**settings, checkpoint_every=1e-9)
+    np.save(path, np.eye(2, 4, k=1, dtype=np.float32))
+    with pytest.raises(DirscopeError, match=r"made with another version of the --directions file .*mine.npy") as err:
+        dirscope.run(**settings, resume=True)
+    assert "\n" not in str(err.value)
+    np.save(path, np.eye(2, 4, dtype=np.float32))  # the file as it was: the run resumes
+    assert dirscope.run(**settings, resume=True).vectors("fc").shape == (6, 4)

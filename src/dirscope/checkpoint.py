@@ -48,6 +48,7 @@ _WHAT = {
     "layers": "layers",
     "shapes": "layer shape of",
     "directions": "--directions",
+    "direction_files": "version of the --directions file",
     "seed": "--seed",
     "k": "--k",
     "pool": "--pool",

@@ -30,6 +30,7 @@ from .checkpoint import (
 )
 from .data import load_data
 from .directions import DirectionSet, build_directions
+from .directions.file import file_digests
 from .errors import DirscopeError
 from .examples import collect_images
 from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs
@@ -363,6 +364,7 @@ def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
         "layers": feed.names,
         "shapes": {name: list(shape) for name, shape in feed.shapes.items()},
         **config.__dict__,
+        "direction_files": file_digests(config.directions),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DirscopeError
-from ..specs import Spec
+from ..specs import Spec, parse_spec_list
 from .base import FAMILIES, FamilyBlock, FamilyContext, normalize_rows
 
 
@@ -85,3 +86,16 @@ def build(arg: str | None, *, ctx: FamilyContext) -> FamilyBlock:
     vectors = load_direction_file(path, dim=ctx.dim, layer=ctx.layer)
     label = file_label(path, ctx.specs)
     return FamilyBlock(normalize_rows(vectors), label=label, info={"path": str(path)})
+
+
+def file_digests(specs: str) -> dict[str, str | None]:
+    """sha256 of each ``file:`` spec's file (None when it cannot be read), so that a checkpoint of a run is
+    refused once a directions file it read has changed: resuming would keep the old rows the manifest names."""
+    digests: dict[str, str | None] = {}
+    for spec in parse_spec_list(specs, "direction family"):
+        if spec.name == "file" and spec.arg is not None:
+            try:
+                digests[spec.arg] = hashlib.sha256(Path(spec.arg).expanduser().read_bytes()).hexdigest()
+            except OSError:
+                digests[spec.arg] = None
+    return digests

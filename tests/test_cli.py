@@ -313,3 +313,18 @@ def test_train_command_writes_a_checkpoint_the_run_can_load(project, capsys):
     assert out.strip() == "wrote ckpt.safetensors"
     code, out, err = run_cli("layers mnist-mlp:ckpt.safetensors", capsys)
     assert code == 0 and "fc2.1" in out
+
+
+def test_running_out_of_memory_is_one_line(project, capsys, monkeypatch):
+    """e.g. --directions random:10000000000 asks numpy for 224 GiB: a MemoryError traceback before."""
+
+    run_cli("run --model python:tinymodel:build --layer head --data npz:data.npz --k 2 --out runs/m -q", capsys)
+
+    def too_big(*_args, **_kwargs):
+        raise MemoryError("Unable to allocate 224. GiB for an array with shape (10000000000, 3) and data type float64")
+
+    monkeypatch.setattr("dirscope.engine.run", too_big)
+    code, _, err = run_cli("run --model python:tinymodel:build --layer head --data npz:data.npz --out runs/n", capsys)
+    assert code == 2 and err.startswith("error: out of memory (Unable to allocate") and err.count("\n") == 1
+    code, _, err = run_cli("score runs/m --null-draws 2000000", capsys)
+    assert code == 2 and "--null-draws must be from 2 to 1,000,000" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -574,3 +575,25 @@ def test_complex_or_empty_layers_are_refused_in_one_line(layer, message):
     """Complex values were cast to real (torch warned) and an empty layer raised a bare ValueError."""
     with pytest.raises(DirscopeError, match=message):
         dirscope.run(nn.Sequential(layer), ["0"], np.zeros((8, 1, 4, 4), np.float32), "basis", k=2, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (dict(k=2.5), "k must be a whole number, got 2.5"),
+        (dict(k=True), "k must be a whole number, got True"),
+        (dict(batch_size=4.5), "batch_size must be a whole number, got 4.5"),
+        (dict(limit="10"), "limit must be a whole number, got '10'"),
+        (dict(directions=["basis"]), "directions must be a spec string"),
+    ],
+)
+def test_api_settings_of_the_wrong_type_are_one_line(setting, message):
+    """They were bare TypeErrors from deep inside numpy."""
+    settings = dict(directions="basis", k=2, progress=False) | setting
+    with pytest.raises(DirscopeError, match=re.escape(message)):
+        dirscope.run(TinyConv().eval(), ["fc"], tiny_data()[0], **settings)
+
+
+def test_numpy_integer_settings_are_kept_as_ints():
+    res = dirscope.run(TinyConv().eval(), ["fc"], tiny_data()[0], "basis", k=np.int64(2), progress=False)
+    assert type(res.manifest["config"]["k"]) is int

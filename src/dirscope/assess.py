@@ -20,6 +20,8 @@ from .result import Result
 from .scoring import score_run
 from .verdict import Verdict, judge
 
+MAX_NULL_DRAWS = 1_000_000  # percentiles to 1e-6; a null keeps its draws, and 10^8 of them filled 22 GB
+
 
 def assess(
     run: Result | str | Path,
@@ -37,8 +39,10 @@ def assess(
 ) -> Verdict:
     """Score every direction of a run, compare the families, and (for a saved run) write the results."""
     result = run if isinstance(run, Result) else Result.load(run)
-    if null_draws < 2 or n_boot < 1 or n_perm < 1:
-        raise DirscopeError("--null-draws must be >= 2 and --n-boot, --n-perm >= 1")
+    if not 2 <= null_draws <= MAX_NULL_DRAWS or n_boot < 1 or n_perm < 1:
+        raise DirscopeError(
+            f"--null-draws must be from 2 to {MAX_NULL_DRAWS:,} (each null keeps its draws) and --n-boot, --n-perm >= 1"
+        )
     seed = int(result.manifest["config"]["seed"] if seed is None else seed)
     start = time.perf_counter()
     scores = score_run(

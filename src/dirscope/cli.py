@@ -557,6 +557,12 @@ def demo(out: Path, quiet: bool) -> None:
     run_demo(out, progress=not quiet)
 
 
+def torch_out_of_memory() -> type[BaseException]:
+    """torch's out-of-memory error where torch is already imported (commands that read runs never import it)."""
+    torch = sys.modules.get("torch")
+    return torch.OutOfMemoryError if torch is not None else MemoryError
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:
@@ -569,6 +575,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except DirscopeError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (MemoryError, torch_out_of_memory()) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"error: out of memory ({first}); ask for fewer directions, bins or draws", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import platform
 import sys
 import time
@@ -68,6 +69,7 @@ class RunConfig:
     tally: str = "auto"  # auto: the numba tally on cpu, the torch DeviceTally on other devices
 
     def check(self) -> None:
+        self._check_types()
         if self.k < 1:
             raise DirscopeError(f"k must be at least 1, got {self.k}")
         if self.batch_size < 1:
@@ -89,6 +91,18 @@ class RunConfig:
         if self.tally not in TALLIES:
             raise DirscopeError(f"unknown --tally {self.tally!r}; use one of {', '.join(TALLIES)}")
         check_device(self.device)
+
+    def _check_types(self) -> None:
+        """API callers can pass anything: counts must be whole numbers (numpy's too, kept as int for JSON)."""
+        if not isinstance(self.directions, str):
+            raise DirscopeError(f"directions must be a spec string such as 'basis,random:64', got {self.directions!r}")
+        for name in ("k", "batch_size", "seed", "limit", "bins", "fit_samples", "null_sample"):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise DirscopeError(f"{name} must be a whole number, got {value!r}")
+            setattr(self, name, int(value))
 
     @property
     def on_device(self) -> bool:

@@ -198,6 +198,8 @@ def test_bad_scoring_input(tmp_path, scored_run):
         dirscope.score(out, metrics=["purity"])
     with pytest.raises(DirscopeError, match="--compare pca:random: no family 'pca'"):
         dirscope.score(out, compare=[("pca", "random")], null_draws=20, n_boot=20, n_perm=20, plots=False)
+    with pytest.raises(DirscopeError, match="--compare random:random compares a family with itself"):
+        dirscope.score(out, compare=[("random", "random")], null_draws=20, n_boot=20, n_perm=20, plots=False)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "manifest.json").write_text((out / "manifest.json").read_text())
     with pytest.raises(DirscopeError, match=r"incomplete: missing topk\.parquet"):

@@ -54,6 +54,8 @@ def family_pairs(families: Sequence[str], extra: Iterable[tuple[str, str]] = ())
             raise DirscopeError(
                 f"--compare {a}:{b}: no family {missing[0]!r} in this run (have: {', '.join(families)})"
             )
+        if a == b:
+            raise DirscopeError(f"--compare {a}:{b} compares a family with itself; name two families")
         if (a, b) not in pairs:
             pairs.append((a, b))
     return pairs

@@ -402,6 +402,8 @@ def test_cache_needs_an_output_directory():
         dirscope.run(Net(), ["head"], data(60), "basis", k=2, cache=True)
     with pytest.raises(DirscopeError, match="unknown --cache-dtype 'float64'"):
         dirscope.run(Net(), ["head"], data(60), "basis", k=2, cache=True, cache_dtype="float64", out="x")
+    with pytest.raises(DirscopeError, match="--cache-dtype float16 needs --cache"):  # was silently ignored
+        dirscope.run(Net(), ["head"], data(60), "basis", k=2, cache_dtype="float16")
 
 
 def test_cli_run_from_cache_rereads_images_from_the_data_spec(tmp_path, monkeypatch, capsys):

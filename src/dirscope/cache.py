@@ -427,9 +427,9 @@ class CachedRows:
         recorded = self.describe_record.get("content")
         if recorded is not None and source.describe().get("content") != recorded:
             raise DirscopeError(
-                f"data {source.spec!r} is not the version the cache was written from (its files' size, "
+                f"data {source.spec!r} is not the version the cache was written from (its files' name, size, "
                 "modification time or digest differ), so its images would not be the cached rows'; give that "
-                "data (a copy keeps its identity with `cp -p`)"
+                "data (a copy made with `cp -p`, under the same file name, keeps its identity)"
             )
         return source
 

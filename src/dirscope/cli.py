@@ -76,8 +76,9 @@ def cli() -> None:
     "--layer",
     "layers",
     multiple=True,
-    help="Layer name (repeat for several; all are captured in one pass), or `all` for every leaf layer. "
-    "See `dirscope layers MODEL`. With --from-cache: default every cached layer.",
+    help="Layer name (repeat for several; all are captured in one pass), or `all` for every leaf layer that does "
+    "more than reshape (not Flatten, Identity, Dropout). See `dirscope layers MODEL`. "
+    "With --from-cache: default every cached layer.",
 )
 @click.option(
     "--data",
@@ -172,9 +173,8 @@ def cli() -> None:
 @click.option(
     "--cache-dtype",
     type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Precision of --cache: float32 reproduces the model's results exactly, float16 is half the size.",
+    default=None,
+    help="Precision of --cache: float32 (default) reproduces the model's results exactly, float16 is half the size.",
 )
 @click.option(
     "--from-cache",

@@ -245,7 +245,7 @@ def run(
     resume: bool = False,
     checkpoint_every: float = 60.0,
     cache: bool = False,
-    cache_dtype: str = "float32",
+    cache_dtype: str | None = None,
     from_cache: str | Path | None = None,
     autocast: str | None = None,
     tally: str = "auto",
@@ -273,7 +273,9 @@ def run(
     CPU, or GPU with ``device="cuda"``) on the cluster at ``ray_address`` (default: this process's connection,
     else a new local cluster) and merges them exactly, in order: the same results as ``engine="local"``.
     """
-    cache_as = cache_dtype if cache else None
+    if cache_dtype is not None and not cache:
+        raise DirscopeError(f"--cache-dtype {cache_dtype} needs --cache (it sets the precision of the cache written)")
+    cache_as = (cache_dtype or "float32") if cache else None
     config = RunConfig(
         directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as, autocast, tally
     )

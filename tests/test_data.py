@@ -711,6 +711,12 @@ def test_fetch_mnist_full_checksum_mismatch_and_local_folder(tmp_path, home, mon
     assert fetch.fetch("mnist-full", source=str(tmp_path / "mirror"), quiet=True).is_dir()
     with pytest.raises(DirscopeError, match="no such folder"):
         fetch.fetch("mnist-full", source=str(tmp_path / "nowhere"), quiet=True)
+    (tmp_path / "half").mkdir()  # a folder without its files once said "check your connection"
+    (tmp_path / "half" / "train-images-idx3-ubyte.gz").write_bytes(
+        (tmp_path / "mirror" / "train-images-idx3-ubyte.gz").read_bytes()
+    )
+    with pytest.raises(DirscopeError, match=r"--from .*half: train-labels-idx1-ubyte.gz, .* missing; give the folder"):
+        fetch.fetch("mnist-full", source=str(tmp_path / "half"), quiet=True)
 
 
 def test_fashion_mnist_from_env_folder(tmp_path, monkeypatch):

@@ -166,6 +166,9 @@ def fetch_mnist_full(source: str | None, quiet: bool) -> Path:
         local = Path(source).expanduser()
         if not local.is_dir():
             raise DirscopeError(f"--from {source}: no such folder; give the folder holding the four MNIST .gz files")
+        missing = [name for name in MNIST_FULL_MD5 if not (local / name).is_file()]
+        if missing:
+            raise DirscopeError(f"--from {source}: {', '.join(missing)} missing; give the folder holding all four")
         bases = [local.resolve().as_uri() + "/"]
     else:
         bases = list(MNIST_FULL_MIRRORS)

@@ -913,3 +913,10 @@ def test_folder_names_that_are_not_utf8_are_stored_escaped_and_distinct(tmp_path
     assert loaded.manifest["data"]["label_names"] == ["café", "caf\\xe9", "cat"]
     assert loaded.manifest["data"]["skipped"][0][0] == "cat/bad\\xff.png"
     assert set(loaded.topk["label_name"]) <= {"cat", "café", "caf\\xe9"}
+
+
+def test_a_data_home_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path / "home"))
+    with pytest.raises(DirscopeError, match="is a file; point DIRSCOPE_HOME at a folder"):
+        fetch.fetch("mnist", quiet=True)

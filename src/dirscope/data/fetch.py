@@ -63,7 +63,10 @@ FETCHABLE: dict[str, str] = {
 def data_home() -> Path:
     """Where fetched data is kept: ``$DIRSCOPE_HOME``, else ``~/.cache/dirscope``."""
     home = os.environ.get("DIRSCOPE_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "dirscope"
+    path = Path(home).expanduser() if home else Path.home() / ".cache" / "dirscope"
+    if path.exists() and not path.is_dir():
+        raise DirscopeError(f"the data home {path} is a file; point DIRSCOPE_HOME at a folder")
+    return path
 
 
 def fetch(name: str, source: str | None = None, quiet: bool = False) -> Path:

@@ -328,3 +328,32 @@ def test_running_out_of_memory_is_one_line(project, capsys, monkeypatch):
     assert code == 2 and err.startswith("error: out of memory (Unable to allocate") and err.count("\n") == 1
     code, _, err = run_cli("score runs/m --null-draws 2000000", capsys)
     assert code == 2 and "--null-draws must be from 2 to 1,000,000" in err
+
+
+def test_an_out_directory_in_use_is_refused_in_one_line_and_a_stale_lock_blocks_nothing(project, capsys):
+    """Two runs into one --out both exited 0, leaving the manifest of one and the tables of the other."""
+    import fcntl
+
+    base = "run --model python:tinymodel:build --layer head --data npz:data.npz --directions basis --k 2 --quiet"
+    run, scores = project / "runs/t", project / "runs/t/scores.parquet"
+    assert run_cli(f"{base} --out runs/t", capsys)[0] == 0
+    lock = run / ".dirscope.lock"
+    assert not lock.exists()  # removed by the run that held it
+    lock.write_text("4242\n")
+    before = (run / "manifest.json").read_bytes()
+    in_use = "error: runs/t is in use by another dirscope process (pid 4242); wait for it"
+    with open(lock) as held:  # another process's lock, as the kernel sees it: a second open file
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run_cli(f"{base} --out runs/t --overwrite --score", capsys)
+        assert code == 2 and err == f"{in_use} or choose another --out\n"
+        code, _, err = run_cli("score runs/t", capsys)
+        assert code == 2 and err == f"{in_use}\n"
+    assert (run / "manifest.json").read_bytes() == before and not scores.exists()
+    assert lock.exists()  # as a killed holder leaves it: it blocks nothing, and is no content of the directory
+    (project / "runs/u").mkdir()
+    (project / "runs/u/.dirscope.lock").write_text("4242\n")
+    for args in (f"{base} --out runs/t --overwrite --score", f"{base} --out runs/u", "score runs/u --no-plots"):
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, (args, err)
+    assert not lock.exists() and not (project / "runs/u/.dirscope.lock").exists()
+    assert scores.exists() and (project / "runs/u/scores.parquet").exists()

@@ -597,3 +597,129 @@ def test_api_settings_of_the_wrong_type_are_one_line(setting, message):
 def test_numpy_integer_settings_are_kept_as_ints():
     res = dirscope.run(TinyConv().eval(), ["fc"], tiny_data()[0], "basis", k=np.int64(2), progress=False)
     assert type(res.manifest["config"]["k"]) is int
+
+
+def _set(key: str, value: object):
+    def damage(m: dict) -> dict:
+        return {**m, key: value}
+
+    return damage
+
+
+def _set_in(section: str, key: str, value: object):
+    def damage(m: dict) -> dict:
+        if section == "layers":
+            return {**m, "layers": [{**m["layers"][0], key: value}, *m["layers"][1:]]}
+        return {**m, section: {**m[section], key: value}}
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: [1], "it must hold a JSON object"),
+        (_set("config", None), "config must be an object"),
+        (_set("model", None), "model must be an object"),
+        (_set("data", None), "data must be an object"),
+        (_set("layers", "abc"), "layers must be a non-empty list"),
+        (_set_in("config", "seed", "x"), "config.seed must be an integer"),
+        (_set_in("config", "k", 2.5), "config.k must be a positive integer"),
+        (_set_in("data", "label_counts", {"a": 1}), "data.label_counts must be"),
+        (_set_in("layers", "name", 5), "layers[0].name must be a non-empty string"),
+        (_set_in("layers", "directions_file", "../../data.npz"), "layers[0].directions_file must be a file in"),
+        (_set_in("layers", "directions_file", "/etc/passwd"), "layers[0].directions_file must be a file in"),
+        (_set("n", {}), "n.relu must be an integer"),
+        (None, "it is nested too deeply"),
+    ],
+)
+def test_a_hand_damaged_manifest_is_one_line_naming_the_key(tmp_path, capsys, damage, message):
+    from dirscope.cli import main
+
+    out = tmp_path / "run"
+    dirscope.run(TinyConv().eval(), ["relu", "fc"], tiny_data(), "basis,random:3", k=3, out=out, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    text = "[" * 100_000 + "]" * 100_000 if damage is None else json.dumps(damage(manifest))
+    (out / "manifest.json").write_text(text)
+    expected = f"run {out}: manifest.json: {message}"
+    with pytest.raises(DirscopeError, match=re.escape(expected)):
+        dirscope.load(out)
+    for command in ("score", "report", "figures", "study"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, str(out)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(f"error: {expected}") and err.count("\n") == 1, command
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingConv(TinyConv):
+    """TinyConv that raises on its ``at``-th forward (4: after the dry one and two checkpointed batches)."""
+
+    def __init__(self, at: int | None = None) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise _Crash
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"layers": ["fcc"]}, "unknown layer 'fcc'"),
+        ({"k": 500}, "k=500 is larger than the 60 examples"),
+        ({"data": "npz:missing.npz"}, "missing.npz"),
+    ],
+)
+def test_overwrite_with_a_bad_argument_deletes_nothing(tmp_path, bad, message):
+    """`--overwrite --layer haed` deleted the unfinished run's checkpoint, then failed on the typo."""
+    out = tmp_path / "run"
+    settings = dict(layers=["fc"], data=tiny_data(), directions="basis", k=3, batch_size=8, out=out, progress=False)
+    with pytest.raises(_Crash):
+        dirscope.run(_CrashingConv(4), **settings, checkpoint_every=1e-9)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert any(p.name == "checkpoint.json" for p in before)
+    with pytest.raises(DirscopeError, match=re.escape(message)):
+        dirscope.run(_CrashingConv(), **{**settings, **bad}, overwrite=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    dirscope.run(_CrashingConv(), **settings, resume=True)
+    assert (out / "manifest.json").is_file() and not (out / "checkpoint").exists()
+    with pytest.raises(DirscopeError, match=re.escape(message)):  # nor does it leave a directory it made
+        dirscope.run(TinyConv(), **{**settings, **bad, "out": tmp_path / "new"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_second_writer_fails_at_once_until_the_holder_of_the_directory_dies(tmp_path):
+    """The lock is another process's flock: refused while it lives, gone with it however it ends."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    settings = dict(layers=["fc"], data=tiny_data(), directions="basis", k=3, out=out, progress=False)
+    dirscope.run(TinyConv(), **settings)
+    hold = (
+        "import sys\nfrom dirscope.rundir import lock_out\nwith lock_out(sys.argv[1]):\n print(1, flush=True)\n input()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"1\n"
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        for mode in ({"overwrite": True}, {"resume": True}, {}):
+            with pytest.raises(DirscopeError) as err:
+                dirscope.run(TinyConv(), **settings, **mode)
+            assert str(err.value) == (
+                f"{out} is in use by another dirscope process (pid {holder.pid}); wait for it or choose another --out"
+            )
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".dirscope.lock").is_file()  # left by the killed holder, blocking nothing
+    dirscope.run(TinyConv(), **settings, overwrite=True)
+    assert not (out / ".dirscope.lock").exists()

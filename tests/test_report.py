@@ -713,3 +713,79 @@ def test_study_score_refuses_a_study_made_for_another_run(runs, tmp_path, capsys
     (run / "manifest.json").write_text(json.dumps({**manifest, "created": "2000-01-01T00:00:00+00:00"}))
     with pytest.raises(DirscopeError, match="was made for another run"):
         score_study(run, [answers])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda doc: {**doc, "answers": [{**doc["answers"][0], "item": [1]}]}, r"names item \[1\], which is not"),
+        (lambda doc: {**doc, "answers": [{**doc["answers"][0], "item": {"a": 1}}]}, "which is not part of"),
+        (lambda doc: {**doc, "rater": ["r"]}, r"rater is \['r'\]; it must be a string"),
+        (lambda doc: "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+    ],
+)
+def test_answers_of_the_wrong_structure_get_one_line_errors(runs, tmp_path, capsys, mutate, message):
+    """An unhashable item id was a TypeError traceback, deep nesting a RecursionError."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    good = answers_file(tmp_path / "good.json", study.id, {it["id"]: 3 for it in study.key["items"]}, "r")
+    damaged = mutate(json.loads(good.read_text()))
+    bad = tmp_path / "bad.json"
+    bad.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "score", str(run), str(bad)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda key: {**key, "items": [{**key["items"][0], "id": [1]}]},
+        lambda key: {**key, "families": None},
+        lambda key: "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_a_hand_damaged_study_key_is_one_line(runs, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    answers = answers_file(tmp_path / "a.json", study.id, {it["id"]: 3 for it in study.key["items"]}, "r")
+    damaged = damage(study.key)
+    (run / "study.json").write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "score", str(run), str(answers)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "study.json" in err, err
+
+
+def test_report_never_overwrites_a_runs_own_file_or_a_file_that_is_no_report(runs, tmp_path, capsys):
+    """`report --out RUN/manifest.json` (or any existing file, e.g. the data) was overwritten with the HTML."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["scored"], run)
+    (tmp_path / "data.npz").write_bytes(b"user data")
+    (tmp_path / "folder").mkdir()
+    owned = ["manifest.json", "topk.parquet", "verdict.json", "directions/x.html", "figures/new.html", "cache/a"]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for target, message in [
+        *((run / name, f"is a file of the run in {run.resolve()}") for name in owned),
+        (tmp_path / "data.npz", "exists and is not a dirscope report"),
+        (tmp_path / "folder", "is a directory"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["report", str(run), "--out", str(target)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, (target, err)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "data.npz").read_bytes() == b"user data" and not any((tmp_path / "folder").iterdir())
+    assert not (run / "cache").exists() and not (run / "figures").exists()
+    page = write_report(run, tmp_path / "r.html")
+    assert b'<meta name="generator" content="dirscope report">' in page.read_bytes()[:500]
+    assert write_report(run, page) == page  # a report is replaced by a newer one
+    old = page.read_text().replace('<meta name="generator" content="dirscope report">\n', "")
+    page.write_text(old)  # a report written before the marker: known by its title
+    assert write_report(run, page) == page and write_report(run, run / "report.html") == run / "report.html"
+    study = Path(shutil.copy(make_study(run, per_family=2).page, tmp_path / "study-copy.html"))
+    with pytest.raises(DirscopeError, match="is not a dirscope report"):  # a page of ours, but no report
+        write_report(run, study)

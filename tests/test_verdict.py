@@ -232,3 +232,89 @@ def test_layer_all_gives_a_profile_over_every_layer(tmp_path):
     verdict = res.score(metrics=["label_purity", "kurtosis"], null_draws=50, n_boot=50, n_perm=100)
     assert set(verdict.conclusions) == {"0", "1", "2"}
     assert (tmp_path / "a" / "figures" / "profile.png").stat().st_size > 5000
+
+
+PAIR_MODEL = """
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU())
+"""
+QUICK = {"null_draws": 50, "n_boot": 50, "n_perm": 50}
+
+
+@pytest.fixture
+def spec_run(tmp_path, monkeypatch):
+    """A run of a model and an npz file named by specs, as `dirscope run` makes it, with other data beside."""
+    (tmp_path / "pairmodel.py").write_text(PAIR_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for name, n in (("data", 50), ("one", 1), ("big", 80)):
+        x = rng.integers(0, 256, (n, 1, 8, 8)).astype(np.uint8)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=rng.integers(0, 3, n))
+    dirscope.run("python:pairmodel:build", ["1"], "npz:data.npz", "basis,random:3", k=3, out="run", progress=False)
+    return tmp_path / "run"
+
+
+def test_a_scoring_killed_while_plotting_leaves_a_run_that_reads_as_not_scored(spec_run, monkeypatch, capsys):
+    dirscope.score(spec_run, metrics=["kurtosis"], plots=False, **QUICK)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as kill -9 between scores.parquet and verdict.json
+
+    monkeypatch.setattr("dirscope.plots.write_plots", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dirscope.score(spec_run, metrics=["kurtosis", "label_purity"], **QUICK)
+    capsys.readouterr()
+    loaded = dirscope.load(spec_run)  # the first scoring's verdict must not pair with the second's scores
+    assert loaded.verdict is None and loaded.scores is None
+    assert "reads as not scored" in capsys.readouterr().err
+    monkeypatch.undo()
+    dirscope.score(spec_run, metrics=["kurtosis"], plots=False, **QUICK)
+    assert dirscope.load(spec_run).verdict is not None
+
+
+def test_a_verdict_is_paired_only_with_the_scores_of_its_own_scoring(spec_run, capsys):
+    dirscope.score(spec_run, metrics=["kurtosis"], plots=False, **QUICK)
+    first = (spec_run / "verdict.json").read_text()
+    dirscope.score(spec_run, metrics=["label_purity"], plots=False, **QUICK)
+    (spec_run / "verdict.json").write_text(first)
+    capsys.readouterr()
+    loaded = dirscope.load(spec_run)
+    assert loaded.verdict is None and loaded.scores is None
+    err = capsys.readouterr().err
+    assert "of two scorings" in err and err.count("\n") == 1
+    # a run scored before scores had ids (no key on either side) still loads its scores
+    saved = json.loads(first)
+    del saved["settings"]["scores_id"]
+    (spec_run / "verdict.json").write_text(json.dumps(saved))
+    table = pd.read_parquet(spec_run / "scores.parquet")
+    table.to_parquet(spec_run / "scores.parquet", index=False)  # pandas' own metadata only
+    loaded = dirscope.load(spec_run)
+    assert loaded.verdict is not None and set(loaded.scores["metric"]) == {"label_purity"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("npz:one.npz", r"data 'npz:one.npz' has 1 examples but the run scanned 50; pass --data"),
+        ("npz:big.npz", r"data 'npz:big.npz' has 80 examples but the run scanned 50; pass --data"),
+    ],
+)
+def test_score_refuses_data_of_another_size_than_the_runs(spec_run, data, message):
+    with pytest.raises(DirscopeError, match=message) as caught:
+        dirscope.score(spec_run, references=["python:pairmodel:build@1"], data=data, plots=False, **QUICK)
+    assert "\n" not in str(caught.value)
+
+
+def test_score_refuses_the_runs_data_file_once_rewritten(spec_run, tmp_path):
+    options = {"references": ["python:pairmodel:build@1"], "metrics": ["embedding_coherence"], "plots": False}
+    dirscope.score(spec_run, **options, **QUICK)  # the run's own data, unchanged: scored
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (50, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "data.npz", x=x, y=rng.integers(0, 3, 50))  # other images, same size
+    with pytest.raises(DirscopeError, match=r"'npz:data.npz' is not the version of 'npz:data.npz' the run scanned"):
+        dirscope.score(spec_run, **options, **QUICK)

@@ -8,6 +8,7 @@ figures/         scores-<layer>.png, sweep.png, profile.png, <layer>-{most,least
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,16 +53,27 @@ def assess(
     verdict.settings.update(null_draws=null_draws, scoring_seconds=round(time.perf_counter() - start, 3))
     result.verdict, result.scores = verdict, scores.table
     if result.path is not None:
-        _write(result, scores, verdict, plots)
+        from .rundir import lock_out
+
+        with lock_out(result.path, create=False):  # never beside another process's writes into the run
+            _write(result, scores, verdict, plots)
     return verdict
 
 
 def _write(result: Result, scores, verdict: Verdict, plots: bool) -> None:
+    """scores.parquet, plots, then verdict.json, tied by a fresh ``scores_id``. The old verdict.json goes first
+    and the new one lands last, so a scoring killed midway leaves a run that reads as not scored (with a
+    warning), never one scoring's scores beside another's verdict (see ``rundir._read_scores``)."""
     from .plots import write_plots
+    from .rundir import SCORES_ID
 
     out = result.path
+    scores_id = uuid.uuid4().hex
+    (out / "verdict.json").unlink(missing_ok=True)
+    table = pa.Table.from_pandas(scores.table, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SCORES_ID.encode(): scores_id.encode()})
     with atomic_path(out / "scores.parquet") as tmp:
-        pq.write_table(pa.Table.from_pandas(scores.table, preserve_index=False), tmp)
+        pq.write_table(table, tmp)
     files = [str(p.relative_to(out)) for p in write_plots(result, scores, verdict, out / "figures")] if plots else []
-    verdict.settings["figures"] = files
+    verdict.settings.update(figures=files, scores_id=scores_id)
     write_json(out / "verdict.json", verdict.to_json())

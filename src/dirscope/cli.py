@@ -216,6 +216,13 @@ def run(**opts: object) -> None:
       dirscope run --from-cache runs/c --directions random:256,pca:32 --out runs/c-new
       dirscope run ... --engine ray --ray-address ray://head:10001   # shards on a Ray cluster
     """
+    from .rundir import lock_out
+
+    with lock_out(opts["out"]):  # --score too: no other process may replace the run before it is scored
+        _run_and_score(opts)
+
+
+def _run_and_score(opts: dict[str, Any]) -> None:
     from .engine import run as run_engine
 
     start = time.perf_counter()
@@ -346,10 +353,12 @@ def score(run_dir: Path, **opts: object) -> None:
     plots (figures/scores-*.png, sweep.png, profile.png) into RUN_DIR.
     """
     from .result import Result
+    from .rundir import lock_out
     from .scoring import check_metric_names
 
     check_metric_names(opts["metrics"])  # before loading the run
-    _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
+    with lock_out(run_dir, create=False):  # from loading to the last plot: no run may replace it meanwhile
+        _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
 
 
 def _family_pair(text: str, families: set[str]) -> tuple[str, str]:

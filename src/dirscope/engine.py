@@ -283,40 +283,43 @@ def run(
     _check_sources(model, data, from_cache, cache)
     _check_out(out, overwrite, resume, checkpoint_every, cache)
     _check_engine(engine, ray_address, ray_workers, cache)
-    from .rundir import prepare_out, write_run
+    from .rundir import check_out, lock_out, write_run
 
-    out_dir = prepare_out(out, overwrite, resume, cache=cache, from_cache=from_cache) if out is not None else None
-    started = time.time()
-    feed = _open_feed(model, layers, data, config, from_cache, workers)
-    if engine == "ray":
-        from .rayscan import check_shardable
+    with lock_out(out):  # the whole run, the Ray driver's included: one writer per directory at a time
+        out_dir = check_out(out, overwrite, resume, cache=cache, from_cache=from_cache) if out is not None else None
+        started = time.time()
+        feed = _open_feed(model, layers, data, config, from_cache, workers)
+        if engine == "ray":
+            from .rayscan import check_shardable
 
-        check_shardable(feed.rows)
-    n_rows = _rows_to_scan(feed.rows, config)
-    fingerprint = _fingerprint(feed, config)
-    checkpoint = _checkpoint_to_resume(out_dir, fingerprint) if resume and out_dir is not None else None
-    plans = _plan_layers(feed, config, checkpoint)
-    log, start = _restore_log(checkpoint, config)
-    writer = _cache_writer(out_dir, feed, plans, config, checkpoint) if out_dir is not None and cache else None
-    saver = _Saver(out_dir, checkpoint_every, fingerprint) if out_dir is not None and checkpoint_every > 0 else None
-    scan = _Progress(start, n_rows, progress, saver, writer)
-    if engine == "ray":
-        from .rayscan import RayJob, scan_on_ray
+            check_shardable(feed.rows)
+        n_rows = _rows_to_scan(feed.rows, config)
+        fingerprint = _fingerprint(feed, config)
+        checkpoint = _checkpoint_to_resume(out_dir, fingerprint) if resume and out_dir is not None else None
+        plans = _plan_layers(feed, config, checkpoint)
+        log, start = _restore_log(checkpoint, config)
+        if out_dir is not None and overwrite:  # only now, with model, data and directions known good
+            remove_checkpoint(out_dir)  # so a command that fails on any of them deletes nothing
+        writer = _cache_writer(out_dir, feed, plans, config, checkpoint) if out_dir is not None and cache else None
+        saver = _Saver(out_dir, checkpoint_every, fingerprint) if out_dir is not None and checkpoint_every > 0 else None
+        scan = _Progress(start, n_rows, progress, saver, writer)
+        if engine == "ray":
+            from .rayscan import RayJob, scan_on_ray
 
-        job = RayJob(model, layers, data, from_cache, workers, ray_address, ray_workers)
-        engine_info = scan_on_ray(feed, plans, config, log, scan, job)
-    else:
-        _scan(feed, plans, config, log, scan)
-        engine_info = {"name": "local"}
-    _check_counts(plans, config)
-    if writer is not None:
-        writer.finish()
-    result = _build_result(feed, plans, config, log, started, out_dir)
-    result.manifest["engine"] = engine_info
-    result.manifest["checkpoints"] = saver.record() if saver is not None else None
-    if out_dir is not None:
-        write_run(result, out_dir, figures=figures)
-        remove_checkpoint(out_dir)
+            job = RayJob(model, layers, data, from_cache, workers, ray_address, ray_workers)
+            engine_info = scan_on_ray(feed, plans, config, log, scan, job)
+        else:
+            _scan(feed, plans, config, log, scan)
+            engine_info = {"name": "local"}
+        _check_counts(plans, config)
+        if writer is not None:
+            writer.finish()
+        result = _build_result(feed, plans, config, log, started, out_dir)
+        result.manifest["engine"] = engine_info
+        result.manifest["checkpoints"] = saver.record() if saver is not None else None
+        if out_dir is not None:
+            write_run(result, out_dir, figures=figures)
+            remove_checkpoint(out_dir)
     return result
 
 

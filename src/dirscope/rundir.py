@@ -20,11 +20,16 @@ and the report and study made of it; never a file the earlier run did not write.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +41,15 @@ from .checkpoint import has_checkpoint, remove_checkpoint
 from .errors import DirscopeError
 from .examples import ExampleImages, png_chunks, write_examples
 from .figures import file_stems, write_figures
-from .result import Result
+from .result import Result, manifest_problem
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): runs there go unlocked
+    fcntl = None
+
+if TYPE_CHECKING:
+    from .verdict import Verdict
 
 RUN_FILES = (
     "manifest.json",
@@ -52,6 +65,12 @@ REPORT_FILES = ("report.html", "study.html", "study.json", "study-scores.json")
 REPORT_IMAGES = "report_images"
 SCORE_FIGURES = ("sweep.png", "profile.png")  # with scores-<layer>.png and <layer>-{most,least}-coherent.png
 _WHICH = ("most", "least")
+# held (flock) while a process writes the directory; removed on release, and never the user's content
+LOCK_FILE = ".dirscope.lock"
+# a run directory's own names (first path component): a report is never written over them
+RUN_OWN = {*RUN_FILES, "verdict.json", "scores.parquet", "directions", "figures", "checkpoint", "cache", LOCK_FILE}
+RUN_OWN |= {REPORT_IMAGES, *REPORT_FILES} - {"report.html"}
+_LOCKED: set[tuple[Path, int]] = set()  # (run directory, thread) held here: `run --score` locks twice
 
 
 def prepare_out(
@@ -62,8 +81,25 @@ def prepare_out(
     cache: bool | None = None,
     from_cache: str | Path | None = None,
 ) -> Path:
-    """Check the output directory before any work: refuse a non-empty one unless ``overwrite`` (or ``resume``,
-    which needs a checkpoint there), and probe that it is writable, so a long run never fails at its end.
+    """``check_out``, then with ``overwrite`` remove an unfinished run's checkpoint: for callers that have
+    validated everything else already (a run calls the two apart, so that a failing command deletes nothing)."""
+    path = check_out(out, overwrite, resume, cache=cache, from_cache=from_cache)
+    if overwrite:
+        remove_checkpoint(path)
+    return path
+
+
+def check_out(
+    out: str | Path,
+    overwrite: bool,
+    resume: bool = False,
+    *,
+    cache: bool | None = None,
+    from_cache: str | Path | None = None,
+) -> Path:
+    """Check the output directory before any work, deleting nothing: refuse a non-empty one unless ``overwrite``
+    (or ``resume``, which needs a checkpoint there), and probe that it is writable, so a long run never fails at
+    its end.
 
     When the caller says whether the run writes a cache (``cache``) and where it reads one (``from_cache``),
     a new run that does neither with this directory's ``cache/`` is refused while an earlier run's cache is
@@ -79,14 +115,12 @@ def prepare_out(
             f"{path} holds the checkpoint of an unfinished run; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+    if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not (overwrite or resume):
         raise DirscopeError(f"output directory {path} is not empty; pass --overwrite or choose another --out")
     if cache is not None and not resume and not cache and _holds_cache(path) and not _reads_cache(path, from_cache):
         raise DirscopeError(
             f"{path / 'cache'} holds the activation cache of an earlier run; move it, or pass --cache to replace it"
         )
-    if overwrite:
-        remove_checkpoint(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dirscope-write-test"
@@ -95,6 +129,90 @@ def prepare_out(
     except OSError as exc:
         raise DirscopeError(f"cannot write to {path}: {exc.strerror}; choose a writable --out directory") from None
     return path
+
+
+@contextlib.contextmanager
+def lock_out(out: str | Path | None, create: bool = True) -> Iterator[None]:
+    """Hold run directory ``out`` exclusively while this process writes it (made first unless ``create`` is
+    False), so that a second writer fails at once instead of mixing its files with ours. An advisory ``flock``:
+    the kernel drops it however the process ends, so no stale lock ever blocks a later run. Re-entrant within a
+    thread. Nothing is locked without ``out``, without ``fcntl``, or when ``out`` is no directory (the
+    caller's own check names that); a directory made here that stays empty is removed again."""
+    path = None if out is None or fcntl is None else Path(out)
+    key = None if path is None else (path.resolve(), threading.get_ident())
+    if path is None or not (path.is_dir() or (create and not path.exists())) or key in _LOCKED:
+        yield
+        return
+    made = not path.exists()
+    fd = _acquire(path, create)
+    _LOCKED.add(key)
+    try:
+        yield
+    finally:
+        _LOCKED.discard(key)
+        with contextlib.suppress(OSError):
+            (path / LOCK_FILE).unlink()  # while held: one that opened it meanwhile sees that (``_acquire``)
+            if made:
+                path.rmdir()  # only if empty: a command that failed before writing leaves no directory
+        os.close(fd)
+
+
+def _acquire(path: Path, create: bool) -> int:
+    """A descriptor holding the flock of ``path``'s lock file, with this process's id in it. A lock taken on a
+    file its last holder had just unlinked is dropped and taken again on the file now at the path."""
+    lock = path / LOCK_FILE
+    while True:
+        try:
+            if create:
+                path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise DirscopeError(f"cannot write to {path}: {exc.strerror}; choose a writable directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _read_pid(lock)
+            hint = " or choose another --out" if create else ""
+            raise DirscopeError(f"{path} is in use by another dirscope process ({pid}); wait for it{hint}") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _read_pid(lock: Path) -> str:
+    """``pid N`` of the process holding ``lock``, as it wrote it there (it may not have yet)."""
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        text = ""
+    return f"pid {text}" if text.isdigit() else "pid unknown"
+
+
+def run_owning(path: Path) -> Path | None:
+    """The run directory of which ``path`` is, or would be, one of the own files (``RUN_OWN``: its manifest,
+    tables, scores, directions/, figures/, checkpoint/, cache/, study...), or None."""
+    path = path.parent.resolve() / path.name  # a link itself, not what it points to
+    for folder in path.parents:
+        first = path.relative_to(folder).parts[0]
+        if (first in RUN_OWN or first.endswith(".parquet")) and is_run_dir(folder):
+            return folder
+    return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a dirscope run: a finished one (its manifest names the run format) or not."""
+    try:
+        manifest = _read_json(path / "manifest.json")
+    except RecursionError:
+        manifest = None
+    return has_checkpoint(path) or (isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT)
 
 
 def _holds_cache(out: Path) -> bool:
@@ -218,17 +336,13 @@ def read_run(path: Path) -> Result:
         raise DirscopeError(f"{path} is not a complete dirscope run (no manifest.json); run `dirscope run` first")
     try:
         return _read_run(path)
-    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, TypeError, RecursionError) as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise DirscopeError(f"run {path} cannot be read ({reason}); run it again") from None
 
 
 def _read_run(path: Path) -> Result:
-    manifest = json.loads((path / "manifest.json").read_text())
-    if manifest.get("format") != RUN_FORMAT:
-        raise DirscopeError(
-            f"{path} holds a run of format {manifest.get('format')!r}, not {RUN_FORMAT!r}; run it again"
-        )
+    manifest = _read_manifest(path)
     missing = [n for n in RUN_FILES[1:] if not (path / n).is_file()]
     if missing:
         raise DirscopeError(f"run {path} is incomplete: missing {', '.join(missing)}; run it again")
@@ -245,10 +359,61 @@ def _read_run(path: Path) -> Result:
         null=pd.read_parquet(path / "null.parquet"),
         path=path,
     )
-    if (path / "verdict.json").is_file() and (path / "scores.parquet").is_file():
-        from .verdict import Verdict
-
-        saved = json.loads((path / "verdict.json").read_text())
-        result.verdict = Verdict(saved["comparisons"], saved["conclusions"], saved["notices"], saved["settings"])
-        result.scores = pd.read_parquet(path / "scores.parquet")
+    result.verdict, result.scores = _read_scores(path)
     return result
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The run's manifest, its structure checked once here (see ``manifest_problem``): a hand-edited key of
+    the wrong type is one line naming it, never a traceback in whichever command reads it later."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except RecursionError:
+        manifest, problem = None, "it is nested too deeply to be a run's manifest"
+    else:
+        problem = manifest_problem(manifest)
+    if isinstance(manifest, dict) and manifest.get("format") != RUN_FORMAT:
+        raise DirscopeError(
+            f"{path} holds a run of format {manifest.get('format')!r}, not {RUN_FORMAT!r}; run it again"
+        )
+    if problem is not None:
+        raise DirscopeError(f"run {path}: manifest.json: {problem}; run `dirscope run` again")
+    return manifest
+
+
+SCORES_ID = "dirscope.scores_id"  # scores.parquet's schema metadata key; verdict.json has it as settings.scores_id
+
+
+def scores_id_of(path: Path) -> str | None:
+    """The scoring that wrote a scores.parquet (None for files written before scores had ids)."""
+    found = (pq.read_schema(path).metadata or {}).get(SCORES_ID.encode())
+    return None if found is None else found.decode()
+
+
+def _read_scores(path: Path) -> tuple[Verdict | None, pd.DataFrame | None]:
+    """The verdict and scores of the run's last finished scoring, or (None, None): the run then reads as not
+    scored, with a warning when verdict.json is missing, damaged or of another scoring than scores.parquet
+    (a `dirscope score` that did not finish). Not an error: `dirscope score` must still load the run to
+    score it again. Files written before scores had ids carry none on either side and still pair."""
+    from .verdict import Verdict
+
+    verdict_file, scores_file = path / "verdict.json", path / "scores.parquet"
+    if not verdict_file.is_file() and not scores_file.is_file():
+        return None, None
+    if not verdict_file.is_file():
+        why = "its scores.parquet has no verdict.json (a `dirscope score` did not finish)"
+    elif not scores_file.is_file():
+        why = "its verdict.json has no scores.parquet"
+    else:
+        try:
+            saved = json.loads(verdict_file.read_text())
+            parts = [saved.get(k) for k in ("comparisons", "conclusions", "notices", "settings")]
+            if [type(p) for p in parts] != [list, dict, list, dict]:
+                raise ValueError("not a dirscope verdict")
+            if parts[3].get("scores_id") == scores_id_of(scores_file):
+                return Verdict(*parts), pd.read_parquet(scores_file)
+            why = "its verdict.json and scores.parquet are of two scorings (one did not finish)"
+        except (OSError, ValueError, AttributeError, RecursionError) as exc:
+            why = f"its verdict.json or scores.parquet cannot be read ({' '.join(str(exc).split())[:120]})"
+    print(f"warning: run {path} reads as not scored: {why}; run `dirscope score {path}` again", file=sys.stderr)
+    return None, None

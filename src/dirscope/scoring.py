@@ -233,12 +233,38 @@ def _check_data_spec(data: object) -> None:
 
 
 def _data_for(result: Result, data: object) -> object:
-    if data is not None:
-        return data
-    spec = result.manifest["data"].get("spec", "")
-    if not spec or spec.startswith("<"):
-        raise DirscopeError("the run's data was a Python object; pass data= to score with a reference model")
-    return spec
+    """The data a reference model or the run's model reads for the pool rows: ``data``, else the run's own
+    spec, checked to be the data the run scanned (see ``_same_data``). A spec stays a spec, so that each
+    model loads it with its own preprocessing; a Python object is wrapped once."""
+    if data is None:
+        spec = result.manifest["data"].get("spec", "")
+        if not spec or spec.startswith("<"):
+            raise DirscopeError("the run's data was a Python object; pass data= to score with a reference model")
+        data = spec
+    source = _same_data(result, data)
+    return data if isinstance(data, str) else source
+
+
+def _same_data(result: Result, data: object) -> object:
+    """``data`` as a DataSource (loaded without preprocessing: size and files do not depend on it), refused
+    when its size or its files differ from what the run recorded: its row i is not the run's row i, so it
+    would fail on a missing row or, worse, give embeddings of other images without a word."""
+    from .data import load_data
+
+    source = load_data(data)
+    recorded = result.manifest["data"]
+    run_spec = recorded.get("spec")
+    given = f"the run's data {run_spec!r}" if isinstance(data, str) and data == run_spec else f"data {source.spec!r}"
+    fix = "pass --data (data= in Python) with the data the run scanned"
+    if None not in (source.size, recorded.get("size")) and source.size != recorded["size"]:
+        raise DirscopeError(f"{given} has {source.size} examples but the run scanned {recorded['size']}; {fix}")
+    if recorded.get("content") is not None and source.describe().get("content") != recorded["content"]:
+        raise DirscopeError(
+            f"{given} is not the version of {run_spec!r} the run scanned (its files' name, size, modification "
+            f"time or digest differ), so its rows would not be the run's; {fix} (a copy made with `cp -p`, "
+            "under the same file name, keeps its identity)"
+        )
+    return source
 
 
 def _renamed(metric: Metric, keys: dict[str, str], null: str | None = None) -> Metric:

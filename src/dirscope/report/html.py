@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_text
+from ..errors import DirscopeError
 from ..figures import FIGURE_ROWS, pick_directions, title_of
 from ..result import Result
-from ..rundir import read_run
-from .page import image_sources, json_number, remove_image_folder, render_page, write_image_folder
+from ..rundir import read_run, run_owning
+from .page import image_sources, is_page, json_number, remove_image_folder, render_page, write_image_folder
 
 STAT_COLUMNS = ("mean", "std", "skew", "kurtosis", "min", "max", "zero_fraction")
 EMBED_BYTES = 64 << 20  # example PNGs a report embeds; more would make a page browsers open slowly, or not at all
@@ -37,6 +38,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     result = read_run(run_dir)
     target = Path(out) if out is not None else run_dir / "report.html"
+    if out is not None:
+        _check_target(target)
     own_images = result.images.png_size() > EMBED_BYTES
     folder = target.with_name(f"{target.stem}_images")
     sources = write_image_folder(result.images, folder) if own_images else image_sources(result.images)
@@ -46,6 +49,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not own_images:
         remove_image_folder(folder)  # an earlier report's of the same name, which this page no longer uses
     return target
+
+
+def _check_target(target: Path) -> None:
+    """Refuse to write the report over anything but a report: a run's own file (its manifest, tables, scores...)
+    or a user's file would be lost to the HTML."""
+    if target.is_dir():
+        raise DirscopeError(f"--out {target} is a directory; give the report's file name, e.g. {target}/report.html")
+    run = run_owning(target)
+    if run is not None:
+        raise DirscopeError(
+            f"--out {target} is a file of the run in {run}; write the report elsewhere, e.g. {run}/report.html"
+        )
+    if target.exists() and not is_page(target, "report"):
+        raise DirscopeError(f"--out {target} exists and is not a dirscope report; move it or choose another --out")
 
 
 def report_data(result: Result, images: dict[int, str], plots: list[dict[str, str]]) -> dict[str, Any]:

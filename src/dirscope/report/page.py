@@ -55,6 +55,7 @@ def render_page(page: str, title: str, data: Any, own_images: bool = False) -> s
         f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
     )
     slots = {
+        "PAGE": page,  # the generator marker near the top: `is_page` recognises a page of ours by it
         "CSP": html.escape(csp, quote=False),  # our own constant, inside a double-quoted attribute
         "TITLE": html.escape(title),
         "STYLE": _template("style.css"),
@@ -64,6 +65,19 @@ def render_page(page: str, title: str, data: Any, own_images: bool = False) -> s
     }
     # one pass, so text inside a slot's value is never taken for another slot
     return _SLOT.sub(lambda m: slots[m.group(1)], _template("page.html"))
+
+
+def is_page(path: Path, page: str) -> bool:
+    """Whether the file at ``path`` is a ``page`` (``report`` or ``study``) dirscope wrote: its generator marker
+    (or, for pages written before it, the title) opens the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="dirscope {page}">'.encode() in head or (
+        page == "report" and b"<title>dirscope report: " in head
+    )
 
 
 def image_sources(images: ExampleImages, rows: Iterable[int] | None = None) -> dict[int, str]:

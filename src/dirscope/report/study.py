@@ -129,7 +129,7 @@ def _check_run(run_dir: Path, key: dict[str, Any]) -> None:
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
         now = _run_identity(manifest)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise DirscopeError(f"{run_dir} holds no complete run to score the study against; run it again") from None
     made = key.get("run") if isinstance(key.get("run"), dict) else {}
     fields = ("run_id",) if "run_id" in made else ("model", "data", "created")  # keys of older versions
@@ -187,11 +187,30 @@ def read_key(run_dir: Path) -> dict[str, Any]:
         raise DirscopeError(f"{run_dir} has no study.json; run `dirscope study {run_dir}` first")
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DirscopeError(f"cannot read {path}: {exc}; run `dirscope study {run_dir}` again") from None
-    if not isinstance(key, dict) or key.get("format") != KEY_FORMAT:
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise DirscopeError(f"cannot read {path}: {reason}; run `dirscope study {run_dir}` again") from None
+    if not isinstance(key, dict) or key.get("format") != KEY_FORMAT or not _key_is_whole(key):
         raise DirscopeError(f"{path} is not a dirscope study key; run `dirscope study {run_dir}` again")
     return key
+
+
+def _key_is_whole(key: dict[str, Any]) -> bool:
+    """Whether a study key has the types scoring reads (a hand-edited one may not)."""
+    items, families = key.get("items"), key.get("families")
+    return (
+        isinstance(key.get("study"), str)
+        and isinstance(key.get("seed"), int)
+        and isinstance(families, list)
+        and all(isinstance(f, str) for f in families)
+        and isinstance(items, list)
+        and all(
+            isinstance(it, dict)
+            and all(isinstance(it.get(f), str) for f in ("id", "layer", "family"))
+            and isinstance(it.get("direction"), int)
+            for it in items
+        )
+    )
 
 
 def read_answers(path: Path, key: dict[str, Any]) -> pd.DataFrame:
@@ -208,6 +227,8 @@ def read_answers(path: Path, key: dict[str, Any]) -> pd.DataFrame:
         raise DirscopeError(
             f"answers file {path} is not valid JSON ({exc}); it may be truncated: export it again from study.html"
         ) from None
+    except RecursionError:
+        raise DirscopeError(f"answers file {path} is nested too deeply; use the file that study.html exports") from None
     if not isinstance(doc, dict) or doc.get("format") != ANSWERS_FORMAT:
         raise DirscopeError(f"{path} is not a dirscope answers file; use the file that study.html exports")
     if doc.get("version") != ANSWERS_VERSION:
@@ -222,10 +243,12 @@ def read_answers(path: Path, key: dict[str, Any]) -> pd.DataFrame:
         raise DirscopeError(f"{path} has no answers; rate some images in study.html and export again")
     families = {it["id"]: it["family"] for it in key["items"]}
     rows, seen = [], set()
+    if not isinstance(doc.get("rater") or "", str):
+        raise DirscopeError(f"{path}: rater is {doc['rater']!r}; it must be a string (the token study.html gives)")
     rater = str(doc.get("rater") or path.name)
     for n, answer in enumerate(answers, 1):
         item = answer.get("item") if isinstance(answer, dict) else None
-        if item not in families:
+        if not isinstance(item, str) or item not in families:  # an id is a string: a list is not even hashable
             raise DirscopeError(f"{path}: answer {n} names item {item!r}, which is not part of study {key['study']}")
         if item in seen:
             raise DirscopeError(f"{path}: item {item} is answered twice")

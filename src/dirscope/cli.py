@@ -479,7 +479,8 @@ def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
     if open_it:
         import webbrowser
 
-        webbrowser.open(path.resolve().as_uri())
+        if not webbrowser.open(path.resolve().as_uri()):
+            click.echo(f"no web browser found here; open {path.resolve().as_uri()} yourself", err=True)
 
 
 class _StudyGroup(click.Group):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from dirscope.cli import main
+from dirscope.errors import DirscopeError
+from dirscope.result import Result
 
 TINY_MODEL = textwrap.dedent("""
     import torch
@@ -346,8 +348,11 @@ def test_an_out_directory_in_use_is_refused_in_one_line_and_a_stale_lock_blocks_
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, _, err = run_cli(f"{base} --out runs/t --overwrite --score", capsys)
         assert code == 2 and err == f"{in_use} or choose another --out\n"
-        code, _, err = run_cli("score runs/t", capsys)
-        assert code == 2 and err == f"{in_use}\n"
+        for args in ("score runs/t", "figures runs/t", "report runs/t", "study runs/t", "study score runs/t a.json"):
+            code, _, err = run_cli(args, capsys)
+            assert code == 2 and err == f"{in_use}\n", args
+        with pytest.raises(DirscopeError, match="in use by another dirscope process"):
+            Result.load(run).save(run, overwrite=True)
     assert (run / "manifest.json").read_bytes() == before and not scores.exists()
     assert lock.exists()  # as a killed holder leaves it: it blocks nothing, and is no content of the directory
     (project / "runs/u").mkdir()

@@ -450,10 +450,11 @@ def figures(run_dir: Path, rows: int) -> None:
     """Draw a run's figures again (e.g. with more rows)."""
     from .figures import write_figures
     from .result import Result
+    from .rundir import lock_out
 
-    result = Result.load(run_dir)
-    for path in write_figures(result, run_dir / "figures", n=rows):
-        click.echo(str(path))
+    with lock_out(run_dir, create=False):
+        for path in write_figures(Result.load(run_dir), run_dir / "figures", n=rows):
+            click.echo(str(path))
 
 
 @cli.command(context_settings=_SETTINGS)

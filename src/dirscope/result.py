@@ -98,10 +98,11 @@ class Result:
 
     def save(self, path: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
         """Write this result as a run directory."""
-        from .rundir import prepare_out, write_run
+        from .rundir import lock_out, prepare_out, write_run
 
-        out = prepare_out(path, overwrite)
-        write_run(self, out, figures=figures)
+        with lock_out(path):
+            out = prepare_out(path, overwrite)
+            write_run(self, out, figures=figures)
         return out
 
     # ---- queries ------------------------------------------------------------------------------------

@@ -21,15 +21,16 @@ and the report and study made of it; never a file the earlier run did not write.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,7 @@ LOCK_FILE = ".dirscope.lock"
 # a run directory's own names (first path component): a report is never written over them
 RUN_OWN = {*RUN_FILES, "verdict.json", "scores.parquet", "directions", "figures", "checkpoint", "cache", LOCK_FILE}
 RUN_OWN |= {REPORT_IMAGES, *REPORT_FILES} - {"report.html"}
+T = TypeVar("T")
 _LOCKED: set[tuple[Path, int]] = set()  # (run directory, thread) held here: `run --score` locks twice
 
 
@@ -155,6 +157,18 @@ def lock_out(out: str | Path | None, create: bool = True) -> Iterator[None]:
             if made:
                 path.rmdir()  # only if empty: a command that failed before writing leaves no directory
         os.close(fd)
+
+
+def writes_run(func: Callable[..., T]) -> Callable[..., T]:
+    """Run ``func(run_dir, ...)`` holding ``lock_out(run_dir)``: for the functions that read a finished run and
+    write into it (report, study, figures), so that no run replaces it while they work."""
+
+    @functools.wraps(func)
+    def locked(run_dir: str | Path, *args: Any, **kwargs: Any) -> T:
+        with lock_out(run_dir, create=False):
+            return func(run_dir, *args, **kwargs)
+
+    return locked
 
 
 def _acquire(path: Path, create: bool) -> int:

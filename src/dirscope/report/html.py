@@ -21,7 +21,7 @@ from ..atomic import write_text
 from ..errors import DirscopeError
 from ..figures import FIGURE_ROWS, pick_directions, title_of
 from ..result import Result
-from ..rundir import read_run, run_owning
+from ..rundir import read_run, run_owning, writes_run
 from .page import image_sources, is_page, json_number, remove_image_folder, render_page, write_image_folder
 
 STAT_COLUMNS = ("mean", "std", "skew", "kurtosis", "min", "max", "zero_fraction")
@@ -29,6 +29,7 @@ EMBED_BYTES = 64 << 20  # example PNGs a report embeds; more would make a page b
 _SIGN_NAMES = {"max": "top-k", "min": "bottom-k"}
 
 
+@writes_run
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of a run directory (default ``RUN_DIR/report.html``) and return its path.
 

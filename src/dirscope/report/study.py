@@ -33,7 +33,7 @@ from ..atomic import write_json, write_text
 from ..compare import CONFIDENCE, cliffs_delta, holm, mean_ci
 from ..errors import DirscopeError
 from ..result import Result
-from ..rundir import read_run
+from ..rundir import read_run, writes_run
 from ..seeding import numpy_rng
 from .page import image_sources, json_number, render_page
 
@@ -57,6 +57,7 @@ class Study:
     key_path: Path
 
 
+@writes_run
 def make_study(
     run_dir: str | Path,
     *,
@@ -264,6 +265,7 @@ def read_answers(path: Path, key: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@writes_run
 def score_study(
     run_dir: str | Path, answer_files: Sequence[str | Path], *, n_boot: int = 2000, seed: int | None = None
 ) -> dict[str, Any]:

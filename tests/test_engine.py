@@ -536,17 +536,17 @@ def test_overwrite_removes_the_earlier_runs_outputs_and_never_a_users_files(tmp_
 
 
 def test_overwrite_refuses_to_leave_an_earlier_runs_cache_to_a_later_from_cache(tmp_path):
-    from dirscope.rundir import prepare_out
+    from dirscope.rundir import check_out
 
     model, (x, y) = TinyConv().eval(), tiny_data()
     out = tmp_path / "run"
     dirscope.run(model, ["fc"], (x, y), "basis", k=2, out=str(out), cache=True, progress=False)
     with pytest.raises(DirscopeError, match=r"cache holds the activation cache of an earlier run; move it, or pass"):
-        prepare_out(out, True, cache=False)
+        check_out(out, True, cache=False)
     assert (out / "cache" / "index.json").is_file() and (out / "manifest.json").is_file()
     for reads in (out, out / "cache"):  # a run that reads this very cache keeps it
-        prepare_out(out, True, cache=False, from_cache=reads)
-    prepare_out(out, True, cache=True)  # a run that writes its own replaces it
+        check_out(out, True, cache=False, from_cache=reads)
+    check_out(out, True, cache=True)  # a run that writes its own replaces it
     assert (out / "cache" / "index.json").is_file()
 
 

@@ -75,17 +75,10 @@ T = TypeVar("T")
 _LOCKED: set[tuple[Path, int]] = set()  # (run directory, thread) held here: `run --score` locks twice
 
 
-def prepare_out(
-    out: str | Path,
-    overwrite: bool,
-    resume: bool = False,
-    *,
-    cache: bool | None = None,
-    from_cache: str | Path | None = None,
-) -> Path:
-    """``check_out``, then with ``overwrite`` remove an unfinished run's checkpoint: for callers that have
-    validated everything else already (a run calls the two apart, so that a failing command deletes nothing)."""
-    path = check_out(out, overwrite, resume, cache=cache, from_cache=from_cache)
+def prepare_out(out: str | Path, overwrite: bool) -> Path:
+    """``check_out``, then with ``overwrite`` remove an unfinished run's checkpoint: for ``Result.save``, whose
+    result is whole already (a run calls the two apart, so that a failing command deletes nothing)."""
+    path = check_out(out, overwrite)
     if overwrite:
         remove_checkpoint(path)
     return path

@@ -179,6 +179,18 @@ def test_queries_name_an_unknown_layer_or_family_instead_of_answering_empty():
         res.rows_of("relu", "basis")
 
 
+def test_a_figure_of_given_directions_shows_only_directions_of_its_family():
+    """A basis unit was drawn under the title random, and a family the run lacks was accepted."""
+    res = dirscope.run(TinyConv().eval(), ["fc"], tiny_data()[0], "basis,random:3", k=2, progress=False)
+    with pytest.raises(DirscopeError, match=r"family 'random' has no direction 0; its directions are 5 to 7"):
+        res.figure("fc", "random", directions=[0])
+    with pytest.raises(DirscopeError, match=r"has no family 'pca'; it has basis, random"):
+        res.figure("fc", "pca", directions=[0])
+    with pytest.raises(DirscopeError, match=r"directions \[0, 5\] are of families basis, random; give family="):
+        res.figure("fc", directions=[0, 5])
+    assert res.figure("fc", directions=[5, 6]).texts[0].get_text().startswith("fc · random")
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     model, (x, _) = TinyConv().eval(), tiny_data()
     (tmp_path / "keep.txt").write_text("mine")
@@ -232,7 +244,9 @@ def test_nonfinite_rows_are_excluded_counted_and_named(capsys):
     assert layer["excluded_nonfinite"] == 3 and layer["first_excluded_rows"] == [3, 17, 18]
     assert res.manifest["n"]["feat"] == 37
     assert not set(res.topk["index"]) & {3, 17, 18}
-    assert "3 examples with NaN/inf activations excluded" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 examples with NaN/inf activations excluded" in err
+    assert "see result.manifest" in err  # there is no manifest.json: the run has no out directory
 
 
 @pytest.mark.parametrize("tally", ["numba", "device"])
@@ -383,7 +397,7 @@ def test_runs_without_the_exclusion_keys_or_without_exclusions_score_on_the_whol
             {"device": "cuda:0" if not torch.cuda.is_available() else "tpu"},
             "CUDA is not available|unknown device",
         ),
-        ({"data": np.zeros((5, 1, 3, 3), np.float32)}, "cannot take inputs of shape \\[1, 3, 3\\]"),
+        ({"data": np.zeros((5, 1, 3, 3), np.float32)}, r"cannot take inputs of shape \[1, 3, 3\] \(probe batch of 2\)"),
         ({"data": np.zeros((0, 1, 6, 6), np.float32)}, "empty"),
         ({"model": "no-such-model"}, "unknown model"),
         ({"data": "no-such-data"}, "unknown data source"),
@@ -460,11 +474,15 @@ def test_torch_dataset_input():
     pd.testing.assert_frame_equal(a.topk, b.topk)
 
 
-def test_model_is_put_in_eval_mode():
+def test_the_scan_runs_the_model_in_eval_mode_and_gives_it_back_in_train_mode():
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.9))
     model.train()
-    dirscope.run(model, ["1"], np.ones((10, 3), np.float32), "basis", k=2, progress=False)
-    assert not model.training
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    res = dirscope.run(model, ["1"], x, "basis", k=2, progress=False)
+    assert model.training and model[1].training
+    with torch.no_grad():
+        expected = model[0](torch.from_numpy(x)).numpy()  # no dropout: what eval mode gives
+    np.testing.assert_allclose(res.examples("1", 0, "max")["value"], np.sort(expected[:, 0])[::-1][:2], rtol=1e-6)
 
 
 def test_describe_layers():
@@ -585,6 +603,8 @@ def test_complex_or_empty_layers_are_refused_in_one_line(layer, message):
         (dict(batch_size=4.5), "batch_size must be a whole number, got 4.5"),
         (dict(limit="10"), "limit must be a whole number, got '10'"),
         (dict(directions=["basis"]), "directions must be a spec string"),
+        (dict(checkpoint_every="5"), "checkpoint_every must be a number of seconds (0: no checkpoints), got '5'"),
+        (dict(device=None), "device must be a name such as 'cpu' or 'cuda:0', or a torch.device; got None"),
     ],
 )
 def test_api_settings_of_the_wrong_type_are_one_line(setting, message):
@@ -723,3 +743,100 @@ def test_a_second_writer_fails_at_once_until_the_holder_of_the_directory_dies(tm
     assert (out / ".dirscope.lock").is_file()  # left by the killed holder, blocking nothing
     dirscope.run(TinyConv(), **settings, overwrite=True)
     assert not (out / ".dirscope.lock").exists()
+
+
+class Signal(nn.Module):
+    """A 1-D conv net: ``conv`` and ``relu`` give [C=3, L=6] per example, channels first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.relu(self.conv(x)))
+
+
+@pytest.mark.parametrize(
+    ("layer", "feature_axis", "dim"),
+    [("conv", "auto", 3), ("relu", "auto", 6), ("relu", "first", 3), ("relu", "last", 6), ("bn", "auto", 3)],
+)
+def test_a_1d_conv_layer_has_its_channels_as_features_and_feature_axis_says_it_for_any_layer(layer, feature_axis, dim):
+    """A [C, L] Conv1d output was read as a token layer [T, D]: its "units" were the L positions."""
+    model, x = Signal().eval(), np.random.default_rng(0).standard_normal((40, 2, 6)).astype(np.float32)
+    res = dirscope.run(model, [layer], x, "basis", k=4, feature_axis=feature_axis, progress=False)
+    entry = res.manifest["layers"][0]
+    assert entry["dim"] == dim and entry["feature_axis"] == (0 if dim == 3 else 1)
+    acts = {}
+    model.get_submodule(layer).register_forward_hook(lambda m, i, o: acts.update(a=o.detach().double().numpy()))
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    per_unit = acts["a"] if dim == 3 else acts["a"].transpose(0, 2, 1)  # [N, features, positions]
+    expected = per_unit.max(axis=2)  # max pooling over the positions of each feature
+    for d, idx in enumerate(brute_topk(expected, 4, descending=True)):
+        rows = res.examples(layer, d, "max")
+        assert rows["index"].tolist() == idx.tolist()
+        np.testing.assert_allclose(rows["value"], expected[idx, d], rtol=1e-5)
+
+
+def test_feature_axis_last_reads_a_channels_last_image_layer_and_bad_values_are_refused():
+    model, (x, y) = TinyConv().eval(), tiny_data()
+    res = dirscope.run(model, ["relu"], (x, y), "basis", k=3, feature_axis="last", progress=False)
+    expected = activations(model, x)["relu"].max(axis=(1, 2))  # [N, W]: the last axis as features
+    assert res.manifest["layers"][0]["dim"] == 6
+    np.testing.assert_allclose(res.examples("relu", 2, "max")["value"], np.sort(expected[:, 2])[::-1][:3])
+    with pytest.raises(DirscopeError, match=r"^unknown --feature-axis 'middle'; use one of auto, first, last$"):
+        dirscope.run(model, ["relu"], (x, y), "basis", feature_axis="middle", progress=False)
+
+
+def test_a_cache_keeps_the_feature_axis_it_was_written_with(tmp_path):
+    model, x = Signal().eval(), np.random.default_rng(0).standard_normal((30, 2, 6)).astype(np.float32)
+    out = tmp_path / "c"
+    first = dirscope.run(model, ["relu"], x, "basis", k=3, feature_axis="first", out=out, cache=True, progress=False)
+    again = dirscope.run(from_cache=out, directions="basis", k=3, progress=False)  # auto: as the cache says
+    pd.testing.assert_frame_equal(again.topk, first.topk)
+    with pytest.raises(DirscopeError, match=r"features on axis 0 of \[3, 6\], not --feature-axis last; run the model"):
+        dirscope.run(from_cache=out, directions="basis", k=3, feature_axis="last", progress=False)
+
+
+def test_a_run_gives_the_callers_module_back_in_its_own_train_and_eval_modes():
+    model, (x, y) = TinyConv(), tiny_data()
+    model.train()
+    model.relu.eval()  # a mix, as a user may have set
+    dirscope.run(model, ["fc"], (x, y), "basis", k=2, progress=False)
+    assert model.training and model.conv.training and model.fc.training and not model.relu.training
+    dirscope.describe_layers(model, data=x)
+    assert model.training and not model.relu.training
+
+
+def test_weights_and_preprocess_are_keywords_of_run_and_go_with_a_model_spec(tmp_path):
+    model, (x, y) = TinyConv(), tiny_data()
+    with pytest.raises(DirscopeError, match=r"^--weights \(weights=\) goes with a model spec string, not"):
+        dirscope.run(model, ["fc"], (x, y), "basis", weights="w.pt", progress=False)
+    with pytest.raises(DirscopeError, match=r"^--weights and --preprocess \(weights=, preprocess=\) go with a model"):
+        dirscope.run(from_cache=tmp_path, directions="basis", preprocess="resize=8", progress=False)
+    with pytest.raises(DirscopeError, match=r"model 'mnist-cnn' takes no --weights \(weights=\)"):
+        dirscope.run("mnist-cnn", ["fc1"], "mnist", "basis", weights="w.pt", progress=False)
+
+
+def test_a_scored_result_saves_with_its_scores_verdict_and_plots(tmp_path):
+    model, (x, y) = TinyConv().eval(), tiny_data(80)
+    res = dirscope.run(model, ["fc"], (x, y), "basis,random:6", k=3, progress=False)
+    verdict = res.score(metrics=["label_purity", "kurtosis"], null_draws=50, n_boot=50, n_perm=50)
+    saved = Result.load(res.save(tmp_path / "a"))
+    rows = [r["row"] for r in verdict.records]
+    assert [r["row"] for r in saved.verdict.records] == rows and saved.verdict.conclusions == verdict.conclusions
+    assert saved.verdict.settings["figures"]
+    pd.testing.assert_frame_equal(saved.scores, res.scores)
+    assert all((tmp_path / "a" / f).is_file() for f in saved.verdict.settings["figures"])
+    again = Result.load(saved.save(tmp_path / "b"))  # a loaded result saves its scores too
+    assert [r["row"] for r in again.verdict.records] == rows
+    assert again.verdict.settings["figures"] == saved.verdict.settings["figures"]
+
+
+def test_a_torch_device_is_recorded_by_its_name(tmp_path):
+    """A torch.device passed the checks, then failed writing the manifest (not JSON)."""
+    dirscope.run(TinyConv(), ["fc"], tiny_data(), "basis", k=2, device=torch.device("cpu"), out=tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["device"] == "cpu"

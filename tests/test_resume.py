@@ -216,6 +216,7 @@ def test_indexed_sources_seek_to_the_next_batch_boundary():
         (dict(directions="basis,random:5"), "another --directions"),
         (dict(pool="mean"), "another --pool"),
         (dict(batch_size=9), "another --batch-size"),
+        (dict(feature_axis="first"), "another --feature-axis"),
         (dict(layers=["fc"]), "another layers"),
         (dict(data="short"), "another data size"),
         (dict(model="retrained"), r"another model weights \(sha256"),

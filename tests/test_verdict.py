@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -318,3 +319,69 @@ def test_score_refuses_the_runs_data_file_once_rewritten(spec_run, tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=rng.integers(0, 3, 50))  # other images, same size
     with pytest.raises(DirscopeError, match=r"'npz:data.npz' is not the version of 'npz:data.npz' the run scanned"):
         dirscope.score(spec_run, **options, **QUICK)
+
+
+@pytest.fixture(scope="module")
+def api_run():
+    """An in-memory run (nothing written: scoring it leaves no files) of three families, with labels."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 16), nn.ReLU()).eval()
+    x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 3, (200,))
+    return dirscope.run(net, "3", (x, y), "basis,random:4,rotation", k=4, progress=False, null_sample=100), x
+
+
+def test_score_takes_names_joined_by_commas_as_one_string(api_run):
+    """A string was a list of its letters: metrics="kurtosis" said unknown metric 'k'."""
+    res = api_run[0]
+    verdict = res.score(metrics="kurtosis, label_purity", compare="random:rotation", plots=False, **QUICK)
+    assert {r["metric"] for r in verdict.records} == {"kurtosis", "label_purity"}
+    assert ("random", "rotation") in {(r["family_a"], r["family_b"]) for r in verdict.records}
+    verdict = res.score(metrics="embedding_coherence", references="pixels", plots=False, **QUICK)
+    assert verdict.settings["references"] == ["embedding_coherence:pixels"]
+    verdict = res.score(metrics=["kurtosis"], compare=["random:rotation", ("rotation", "basis")], **QUICK)
+    assert {("random", "rotation"), ("rotation", "basis")} <= {(r["family_a"], r["family_b"]) for r in verdict.records}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compare": ("random", "rotation")}, "compare=('random', 'rotation'): 'random' is not a pair of families"),
+        ({"compare": [("random", "rotation", "basis")]}, "is not a pair of families; give a list of (A, B) pairs"),
+        ({"compare": 3}, "compare=3 is not a list of pairs"),
+        ({"compare": "random"}, "compare takes two families as A:B, got 'random'"),
+        ({"compare": ","}, "empty compare list"),
+        ({"references": [nn.Linear(2, 2)]}, "references must be names, got a Linear"),
+        ({"metrics": 5}, "metrics=5 is not a list of names"),
+        ({"device": None}, "device must be a name such as 'cpu' or 'cuda:0', or a torch.device; got None"),
+        ({"device": "cuda"}, "CUDA is not available on this machine"),
+    ],
+)
+def test_score_refuses_arguments_of_the_wrong_shape_in_one_line(api_run, monkeypatch, options, message):
+    """They were ValueErrors and TypeErrors from deep inside scoring; device="cuda" on a machine without CUDA
+    scored on, where run refuses it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DirscopeError, match=re.escape(message)) as caught:
+        api_run[0].score(**{"metrics": ["kurtosis"], **options}, plots=False, **QUICK)
+    assert "\n" not in str(caught.value)
+
+
+def test_conclusions_say_why_there_is_no_coherence_verdict(api_run):
+    """Both said "no coherence metric could be computed", though scores were computed."""
+    res, x = api_run
+    verdict = res.score(metrics="kurtosis,zero_fraction", plots=False, **QUICK)
+    assert verdict.conclusions["3"] == (
+        "no coherence metric was scored; only label-free statistics were compared (kurtosis, zero_fraction)"
+    )
+    units = dirscope.run(res_model(), "1", x, "basis", k=4, progress=False, null_sample=100)
+    verdict = units.score(metrics="kurtosis", plots=False, **QUICK)
+    assert (
+        verdict.conclusions["1"] == "nothing to compare: basis is the layer's only family (add another, e.g. random:64)"
+    )
+    others = dirscope.run(res_model(), "1", x, "random:3,rotation", k=4, progress=False, null_sample=100)
+    verdict = others.score(metrics="kurtosis", plots=False, **QUICK)
+    assert verdict.conclusions["1"].startswith("nothing to compare: no basis family to compare random, rotation")
+
+
+def res_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU())

@@ -99,7 +99,7 @@ def _reshapes_only(module: nn.Module) -> bool:
     )
 
 
-def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> object:
+def forward(module: nn.Module, x: torch.Tensor, what: str = "the model", batch: str = "batch") -> object:
     """Run the model and return its output (None if a hook stopped it early), turning shape errors into one
     line that names the offending input shape."""
     try:
@@ -111,7 +111,7 @@ def forward(module: nn.Module, x: torch.Tensor, what: str = "the model") -> obje
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DirscopeError(
-            f"{what} cannot take inputs of shape {list(x.shape[1:])} (batch of {x.shape[0]}): {first}"
+            f"{what} cannot take inputs of shape {list(x.shape[1:])} ({batch} of {x.shape[0]}): {first}"
         ) from None
 
 
@@ -119,7 +119,7 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Every hookable name with its output shape, from one dry forward on ``example``."""
     if scripted(module):
         with torch.inference_mode():
-            tensor = first_tensor(forward(module, example))
+            tensor = first_tensor(forward(module, example, batch="probe batch"))
         shape = tuple(tensor.shape[1:]) if tensor is not None else None
         return [LayerInfo(OUTPUT, "TorchScript", shape, 1, None if tensor is None else tensor.dtype)]
     shapes: dict[str, tuple[int, ...] | None] = {}
@@ -140,7 +140,7 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
     try:
         with torch.inference_mode():
-            forward(module, example)
+            forward(module, example, batch="probe batch")
     finally:
         for h in handles:
             h.remove()

@@ -47,6 +47,8 @@ _WHAT = {
     "data.content.sha256": "version of the data files (by sha256)",
     "layers": "layers",
     "shapes": "layer shape of",
+    "layout": "feature axis of layer",
+    "feature_axis": "--feature-axis",
     "directions": "--directions",
     "direction_files": "version of the --directions file",
     "seed": "--seed",

@@ -101,6 +101,15 @@ def cli() -> None:
     show_default=True,
     help="Reduction over spatial positions, applied after projecting at each position.",
 )
+@click.option(
+    "--feature-axis",
+    type=click.Choice(["auto", "first", "last"]),
+    default="auto",
+    show_default=True,
+    help="Where a layer's features lie when it has 2+ axes per example: auto takes channels first for [C,H,W] "
+    "and for 1-D conv/norm/pool outputs [C,L], last for token layers [T,D]; first or last says it for every layer "
+    "(a ReLU after a Conv1d needs first).",
+)
 @click.option("--batch-size", default=256, show_default=True, type=int, help="Examples per forward pass.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice (recorded).")
 @click.option("--limit", default=None, type=int, help="Scan only the first N examples.")
@@ -227,7 +236,7 @@ def _run_and_score(opts: dict[str, Any]) -> None:
 
     start = time.perf_counter()
     result = run_engine(
-        _model(opts["model"], opts["weights"], opts["preprocess"], str(opts["device"])),
+        opts["model"],
         list(opts["layers"]),
         opts["data"],
         opts["directions"],
@@ -249,6 +258,9 @@ def _run_and_score(opts: dict[str, Any]) -> None:
         from_cache=opts["from_cache"],
         autocast=opts["autocast"],
         tally=opts["tally"],
+        feature_axis=opts["feature_axis"],
+        weights=opts["weights"],
+        preprocess=opts["preprocess"],
         engine=opts["engine"],
         ray_address=opts["ray_address"],
         ray_workers=opts["ray_workers"],
@@ -259,17 +271,6 @@ def _run_and_score(opts: dict[str, Any]) -> None:
     _print_summary(result, time.perf_counter() - start)
     if opts["then_score"]:
         _score_and_print(result, plots=not opts["no_figures"])
-
-
-def _model(spec: str | None, weights: str | None, preprocess: str | None, device: str) -> object:
-    """The spec itself, or the model loaded with --weights / --preprocess (the manifest records both)."""
-    if spec is None or (weights is None and preprocess is None):
-        if weights is not None or preprocess is not None:
-            raise DirscopeError("--weights and --preprocess go with --model")
-        return spec
-    from .models import load_model
-
-    return load_model(spec, device, weights=weights, preprocess=preprocess)
 
 
 def _print_summary(result, seconds: float) -> None:
@@ -297,7 +298,7 @@ def layers(
     from .engine import describe_layers
 
     shape = _parse_shape(input_shape) if input_shape else None
-    infos = describe_layers(_model(model, weights, preprocess, device), data=data, input_shape=shape, device=device)
+    infos = describe_layers(model, data, shape, device, weights=weights, preprocess=preprocess)
     if not infos:
         raise DirscopeError(
             f"model {model!r} has no hookable layers: dirscope reads the outputs of submodules, and it has none"
@@ -361,25 +362,11 @@ def score(run_dir: Path, **opts: object) -> None:
         _score_and_print(Result.load(run_dir), plots=not opts.pop("no_plots"), **opts)
 
 
-def _family_pair(text: str, families: set[str]) -> tuple[str, str]:
-    """``A:B`` split at the colon that leaves a family of the run on both sides (names such as
-    ``rotation:0.5`` hold colons themselves); with none, at the first colon, for scoring to name the unknown."""
-    splits = [(text[:i], text[i + 1 :]) for i, char in enumerate(text) if char == ":"]
-    known = [(a, b) for a, b in splits if a in families and b in families]
-    if len(known) > 1:
-        raise DirscopeError(f"--compare {text}: splits into two families in more than one way")
-    if known:
-        return known[0]
-    if not splits or not all(splits[0]):
-        raise DirscopeError(f"--compare takes two families as A:B, got {text!r}")
-    return splits[0]
-
-
 def _score_and_print(result, plots: bool = True, **opts: object) -> None:
-    from .verdict import summary_lines
+    from .verdict import family_pair, summary_lines
 
     families = {family for layer in result.layers for family in result.families(layer)}
-    pairs = [_family_pair(str(text), families) for text in opts.pop("pairs", ()) or ()]
+    pairs = [family_pair(str(text), families) for text in opts.pop("pairs", ()) or ()]
     opts["metrics"] = list(opts["metrics"]) or None if "metrics" in opts else None
     opts["references"] = list(opts["references"]) or None if "references" in opts else None
     verdict = result.score(compare=pairs, plots=plots, **opts)

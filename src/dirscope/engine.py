@@ -35,8 +35,8 @@ from .directions.file import file_digests
 from .errors import DirscopeError
 from .examples import collect_images
 from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs
-from .models import load_model
-from .project import POOLS, feature_axis, finite_rows, positions, project
+from .models import load_model, using_model
+from .project import FEATURE_AXES, POOLS, finite_rows, positions, project
 from .result import Result
 from .rundir import RUN_FORMAT, unpublish
 from .seeding import derive_seed, numpy_rng
@@ -67,6 +67,7 @@ class RunConfig:
     cache: str | None = None  # dtype of the activation cache written, if any
     autocast: str | None = None  # "bf16": the scan's forward and projections under torch.autocast
     tally: str = "auto"  # auto: the numba tally on cpu, the torch DeviceTally on other devices
+    feature_axis: str = "auto"  # where a layer's features lie: auto (by shape and module), first or last
 
     def check(self) -> None:
         self._check_types()
@@ -90,6 +91,8 @@ class RunConfig:
             raise DirscopeError(f"unknown --autocast {self.autocast!r}; use bf16, or leave it out for float32")
         if self.tally not in TALLIES:
             raise DirscopeError(f"unknown --tally {self.tally!r}; use one of {', '.join(TALLIES)}")
+        if self.feature_axis not in FEATURE_AXES:
+            raise DirscopeError(f"unknown --feature-axis {self.feature_axis!r}; use one of {', '.join(FEATURE_AXES)}")
         check_device(self.device)
 
     def _check_types(self) -> None:
@@ -103,6 +106,8 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise DirscopeError(f"{name} must be a whole number, got {value!r}")
             setattr(self, name, int(value))
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)  # recorded in the manifest and checkpoint, which are JSON
 
     @property
     def on_device(self) -> bool:
@@ -212,8 +217,10 @@ class LayerPlan:
         return self.shape[self.axis]
 
 
-def check_device(device: str) -> None:
-    """Refuse devices this machine lacks, before any work."""
+def check_device(device: str | torch.device) -> None:
+    """Refuse devices this machine lacks, before any work; anything but a name or a torch.device in one line."""
+    if not isinstance(device, (str, torch.device)):
+        raise DirscopeError(f"device must be a name such as 'cpu' or 'cuda:0', or a torch.device; got {device!r}")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -249,6 +256,9 @@ def run(
     from_cache: str | Path | None = None,
     autocast: str | None = None,
     tally: str = "auto",
+    feature_axis: str = "auto",
+    weights: str | None = None,
+    preprocess: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
     ray_workers: int | None = None,
@@ -257,9 +267,15 @@ def run(
 ) -> Result:
     """Find the exact top-k and bottom-k examples of every direction at every layer, in one pass.
 
-    ``model``: a spec (``mnist-cnn``, ``python:mod:fn``, ``torchscript:PATH``) or an ``nn.Module``.
+    ``model``: a spec (``mnist-cnn``, ``python:mod:fn``, ``torchscript:PATH``) or an ``nn.Module``, which
+    the scan puts in eval mode and on ``device`` (its train/eval modes are restored afterwards); ``weights``
+    is a checkpoint for a spec that takes one (``torchvision:``, ``timm:``, ``efficientnet-lite0``),
+    ``preprocess`` overrides its image preprocessing (``resize=256,crop=224``), as the CLI's flags do.
     ``data``: a spec (``mnist``, ``npz:PATH``, ``folder:PATH``), a torch Dataset, arrays, or batches.
     ``directions``: families joined by commas, e.g. ``basis,random:64,rotation,pca:16``.
+    ``feature_axis``: where a layer's features lie, for layers of two or more axes per example; ``auto``
+    takes channels first for [C,H,W] and the [C,L] output of 1-D conv, norm and pooling modules, last for
+    token layers [T,D]; ``first`` or ``last`` says it for every layer (a ReLU after a Conv1d, say).
     ``null_sample`` rows are drawn uniformly (seeded) as the null population that scores compare against.
     ``workers`` processes decode image files ahead of the model (results do not depend on it).
     With ``out``, the run directory is written there (see the README for its format), with a checkpoint every
@@ -277,15 +293,17 @@ def run(
         raise DirscopeError(f"--cache-dtype {cache_dtype} needs --cache (it sets the precision of the cache written)")
     cache_as = (cache_dtype or "float32") if cache else None
     config = RunConfig(
-        directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as, autocast, tally
-    )
+        directions, k, pool, batch_size, seed, limit, device, bins, fit_samples, null_sample, cache_as, autocast, tally,
+        feature_axis,
+    )  # fmt: skip
     config.check()
-    _check_sources(model, data, from_cache, cache)
+    _check_sources(model, data, from_cache, cache, weights or preprocess)
     _check_out(out, overwrite, resume, checkpoint_every, cache)
     _check_engine(engine, ray_address, ray_workers, cache)
     from .rundir import check_out, lock_out, write_run
 
-    with lock_out(out):  # the whole run, the Ray driver's included: one writer per directory at a time
+    # the whole run, the Ray driver's included, holds the directory: one writer at a time
+    with using_model(model, device, weights, preprocess) as model, lock_out(out):
         out_dir = check_out(out, overwrite, resume, cache=cache, from_cache=from_cache) if out is not None else None
         started = time.time()
         feed = _open_feed(model, layers, data, config, from_cache, workers)
@@ -323,7 +341,7 @@ def run(
     return result
 
 
-def _check_sources(model: Any, data: Any, from_cache: Any, cache: bool) -> None:
+def _check_sources(model: Any, data: Any, from_cache: Any, cache: bool, model_options: str | None = None) -> None:
     """A run reads either a model over data or an activation cache."""
     if from_cache is None and model is None:
         raise DirscopeError("give a model (--model) or an activation cache (--from-cache RUN_DIR)")
@@ -333,6 +351,8 @@ def _check_sources(model: Any, data: Any, from_cache: Any, cache: bool) -> None:
         raise DirscopeError("give --model or --from-cache, not both: a run from a cache uses no model")
     if from_cache is not None and cache:
         raise DirscopeError("--cache with --from-cache would only copy the cache; drop --cache")
+    if model is None and model_options:
+        raise DirscopeError("--weights and --preprocess (weights=, preprocess=) go with a model, which this run lacks")
 
 
 def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float, cache: bool) -> None:
@@ -340,6 +360,10 @@ def _check_out(out: Any, overwrite: bool, resume: bool, checkpoint_every: float,
         raise DirscopeError("give --resume (continue the run in --out) or --overwrite (start over), not both")
     if out is None and (resume or cache):
         raise DirscopeError(f"{'--resume' if resume else '--cache'} needs --out, the run directory")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Real):  # only from the API
+        raise DirscopeError(
+            f"checkpoint_every must be a number of seconds (0: no checkpoints), got {checkpoint_every!r}"
+        )
     if not (math.isfinite(checkpoint_every) and checkpoint_every >= 0):  # inf breaks the manifest; nan is never due
         raise DirscopeError(
             f"--checkpoint-every must be >= 0 seconds and finite (0: no checkpoints), got {checkpoint_every}"
@@ -364,8 +388,8 @@ def _check_engine(engine: str, ray_address: str | None, ray_workers: int | None,
 def _open_feed(model: Any, layers: Any, data: Any, config: RunConfig, from_cache: Any, workers: int = 0) -> Feed:
     names = [layers] if isinstance(layers, str) else list(layers or [])
     if from_cache is not None:
-        return CacheFeed(from_cache, names, data, config.pool)
-    return ModelFeed(model, names, data, config.device, workers)
+        return CacheFeed(from_cache, names, data, config.pool, config.feature_axis)
+    return ModelFeed(model, names, data, config.device, workers, config.feature_axis)
 
 
 def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
@@ -382,6 +406,7 @@ def _fingerprint(feed: Feed, config: RunConfig) -> dict[str, Any]:
         "data": {"spec": feed.rows.spec, "size": feed.rows.size, "content": feed.rows.describe().get("content")},
         "layers": feed.names,
         "shapes": {name: list(shape) for name, shape in feed.shapes.items()},
+        "layout": feed.axes,  # each layer's feature axis (sorted after "layers", which differs first)
         **config.__dict__,
         "direction_files": file_digests(config.directions),
     }
@@ -412,11 +437,10 @@ def _rows_to_scan(rows: Rows, config: RunConfig) -> int | None:
 
 def _plan_layers(feed: Feed, config: RunConfig, checkpoint: Checkpoint | None) -> list[LayerPlan]:
     """Each layer's layout, directions (fitted if needed, or as the checkpoint saved them) and tally."""
-    axes = {name: feature_axis(shape) for name, shape in feed.shapes.items()}
-    fit = _FitActivations(feed, config, axes)
+    fit = _FitActivations(feed, config, feed.axes)
     plans = []
     for i, name in enumerate(feed.names):
-        shape, axis = feed.shapes[name], axes[name]
+        shape, axis = feed.shapes[name], feed.axes[name]
         if checkpoint is not None:
             dirs, tally, excluded = _restore_layer(checkpoint, i)
         else:
@@ -740,7 +764,7 @@ def _build_result(
         if plan.excluded.count:
             print(
                 f"warning: layer {plan.name!r}: {plan.excluded.count} examples with NaN/inf activations excluded "
-                f"(first rows: {plan.excluded.first}); see manifest.json",
+                f"(first rows: {plan.excluded.first}); see {'manifest.json' if out is not None else 'result.manifest'}",
                 file=sys.stderr,
             )
     return Result.from_tallies(
@@ -799,19 +823,29 @@ def _manifest(
 
 
 def describe_layers(
-    model: Any, data: Any = None, input_shape: tuple[int, ...] | None = None, device: str = "cpu"
+    model: Any,
+    data: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+    device: str = "cpu",
+    *,
+    weights: str | None = None,
+    preprocess: str | None = None,
 ) -> list[LayerInfo]:
     """Every hookable layer of a model with its per-example output shape, from one dry forward.
 
-    The example input comes from ``input_shape``, else the model's own declared shape, else ``data``.
+    The example input comes from ``input_shape``, else the model's own declared shape, else ``data``;
+    ``weights`` and ``preprocess`` are as in ``run``.
     """
     check_device(device)
-    loaded = load_model(model, device)
-    if input_shape is None and loaded.input_shape is None and data is None:
-        raise DirscopeError("cannot tell this model's input shape; pass --data SPEC or --input-shape 3,224,224")
-    if input_shape is not None or data is None:
-        shape = input_shape or loaded.input_shape
-        example = torch.zeros((2, *shape))
-    else:
-        example = first_inputs(load_data(data, preprocess=loaded.preprocess))
-    return list_layers(loaded.module, example.to(device))
+    with using_model(model, device, weights, preprocess) as given:
+        loaded = load_model(given, device)
+        if input_shape is None and loaded.input_shape is None and data is None:
+            raise DirscopeError(
+                "cannot tell this model's input shape; pass --data SPEC or --input-shape 3,224,224 "
+                "(data=, input_shape= in Python)"
+            )
+        if input_shape is not None or data is None:
+            example = torch.zeros((2, *(input_shape or loaded.input_shape)))
+        else:
+            example = first_inputs(load_data(data, preprocess=loaded.preprocess))
+        return list_layers(loaded.module, example.to(device))

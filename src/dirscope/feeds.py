@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from .cache import CachedRows, CacheReader, Step
-from .capture import Capture, check_unique_layers, list_layers, resolve_layers
+from .capture import Capture, check_unique_layers, hookable, list_layers, resolve_layers
 from .checkpoint import weights_digest
 from .data import DataSource, load_data
 from .errors import DirscopeError
 from .models import LoadedModel, load_model
+from .project import feature_axis
 
 
 class Rows(Protocol):
@@ -41,6 +42,7 @@ class Feed(Protocol):
     rows: Rows
     names: list[str]
     shapes: dict[str, tuple[int, ...]]
+    axes: dict[str, int]  # each layer's feature axis within its per-example shape
     model: dict[str, Any]  # spec, weights_sha256, and the source's info or the cache path
     label_names: list[str] | None
 
@@ -52,12 +54,16 @@ class Feed(Protocol):
 class ModelFeed:
     """Activations from forward passes of the model, with hooks on the requested layers."""
 
-    def __init__(self, model: Any, layers: Sequence[str], data: Any, device: str, workers: int = 0) -> None:
+    def __init__(
+        self, model: Any, layers: Sequence[str], data: Any, device: str, workers: int = 0, layout: str = "auto"
+    ) -> None:
         self.loaded: LoadedModel = load_model(model, device)
         self.rows: DataSource = load_data(data, preprocess=self.loaded.preprocess, workers=workers)
         self.device = device
         self.names = resolve_layers(self.loaded.module, list(layers))
         self.shapes = self._shapes()
+        modules = hookable(self.loaded.module)
+        self.axes = {name: feature_axis(shape, layout, modules[name]) for name, shape in self.shapes.items()}
         self.label_names = self.rows.label_names or self.loaded.label_names
         self.model = {"spec": self.loaded.spec, "weights_sha256": weights_digest(self.loaded.module)}
         if self.loaded.info:
@@ -104,12 +110,19 @@ class ModelFeed:
 class CacheFeed:
     """Activations read back from an activation cache, with no model."""
 
-    def __init__(self, path: Any, layers: Sequence[str] | None, data: Any, pool: str) -> None:
+    def __init__(self, path: Any, layers: Sequence[str] | None, data: Any, pool: str, layout: str = "auto") -> None:
         self.reader = CacheReader(path)
         self.names = list(layers) if layers else self.reader.names
         check_unique_layers(self.names)
         self.reader.check(self.names, pool)
         self.shapes = {name: self.reader.shape(name) for name in self.names}
+        self.axes = {name: self.reader.layers[name]["feature_axis"] for name in self.names}
+        for name, axis in self.axes.items():
+            if layout != "auto" and axis != feature_axis(self.shapes[name], layout):
+                raise DirscopeError(
+                    f"the cache holds layer {name!r} with its features on axis {axis} of {list(self.shapes[name])}, "
+                    f"not --feature-axis {layout}; run the model again with --cache to store it that way"
+                )
         self.rows = CachedRows(self.reader, data)
         self.label_names = self.rows.label_names
         self.model = {**self.reader.index["model"], "from_cache": str(self.reader.folder.resolve())}

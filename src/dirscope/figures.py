@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,13 +204,50 @@ def family_figure(
     n: int = FIGURE_ROWS,
     sign: str = "max",
 ) -> Figure:
-    """Grid of one family's directions (a seeded sample of n), or of the given direction ids."""
+    """Grid of one family's directions (a seeded sample of n), or of the given direction ids of that family
+    (without ``family``, the one family they belong to)."""
     _need_images(result)
-    family = family or result.families(layer)[0]
-    chosen = list(directions) if directions is not None else pick_directions(result, layer, family, n)
+    if directions is None:
+        family = family or result.families(layer)[0]
+        chosen = pick_directions(result, layer, family, n)
+    else:
+        family, chosen = _family_directions(result, layer, family, directions)
     rows = [direction_row(result, layer, d, sign) for d in chosen]
     what = "top" if sign == "max" else "bottom"
     return render_panels([Panel("", rows)], f"{layer} · {family} · {what}-{_k(result)} examples")
+
+
+def _family_directions(
+    result: Result, layer: str, family: str | None, directions: Sequence[int]
+) -> tuple[str, list[int]]:
+    """The family and direction ids a figure of given directions shows: the title names the family, so every
+    id must be one of its directions (a unit titled ``random`` would mislabel the picture)."""
+    meta = result.directions[result.directions.layer == layer]
+    try:
+        chosen = [operator.index(d) for d in directions]
+    except TypeError:
+        raise DirscopeError(f"directions must be direction ids (integers), got {directions!r}") from None
+    if family is None:
+        found = list(dict.fromkeys(meta.loc[meta.direction.isin(chosen), "family"]))
+        if len(found) > 1:
+            raise DirscopeError(f"directions {chosen} are of families {', '.join(found)}; give family= and its ids")
+        family = found[0] if found else result.families(layer)[0]
+    own = result.rows_of(layer, family)  # an unknown family: one line naming the layer's families
+    outside = [d for d in chosen if d not in set(own.tolist())]
+    if outside:
+        raise DirscopeError(
+            f"layer {layer!r} family {family!r} has no direction {outside[0]}; its directions are {_id_span(own)} "
+            f"(families: {', '.join(result.families(layer))})"
+        )
+    return family, chosen
+
+
+def _id_span(ids: np.ndarray) -> str:
+    """``16 to 19`` for a family's consecutive ids (as runs number them), else the ids themselves."""
+    ids = np.sort(ids)
+    if ids.size and ids[-1] - ids[0] == ids.size - 1:
+        return f"{ids[0]} to {ids[-1]}" if ids.size > 1 else str(ids[0])
+    return ", ".join(str(i) for i in ids[:10]) + (", ..." if ids.size > 10 else "")
 
 
 def side_by_side_figure(result: Result, layer: str, n: int = SIDE_BY_SIDE_ROWS, sign: str = "max") -> Figure:

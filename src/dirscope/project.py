@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
 
 from .errors import DirscopeError
 
@@ -20,14 +21,30 @@ POOLS = ("max", "mean")
 _MAX_BLOCK = 1 << 26
 
 
-def feature_axis(shape: tuple[int, ...]) -> int:
-    """Where the features of a per-example activation live: [D] -> 0; [C,H,W] or [C,D,H,W] -> 0 (channels
-    first, as conv layers); [T,D] -> 1 (channels last, as token sequences)."""
-    if len(shape) == 1 or len(shape) >= 3:
+FEATURE_AXES = ("auto", "first", "last")
+# Modules whose 2-D per-example output is [C, L] (channels first), unlike the [T, D] of a token layer; the lazy
+# and transposed variants are subclasses of these.
+CHANNELS_FIRST_1D: tuple[type[nn.Module], ...] = (
+    *(nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.LPPool1d),
+    *(nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d, nn.MaxUnpool1d, nn.ConstantPad1d, nn.ReflectionPad1d),
+    *(nn.ReplicationPad1d, nn.CircularPad1d, nn.Dropout1d),
+)
+
+
+def feature_axis(shape: tuple[int, ...], layout: str = "auto", module: nn.Module | None = None) -> int:
+    """Where the features of a per-example activation live. ``auto``: [D] -> 0; [C,H,W] or [C,D,H,W] -> 0
+    (channels first, as conv layers); [T,D] -> 1 (channels last, as token sequences), except the [C,L]
+    output of a 1-D conv, norm or pooling ``module`` -> 0. ``first`` and ``last`` say it for every layer of
+    two or more axes, where the shape alone cannot."""
+    if not shape:
+        raise DirscopeError("a layer with a scalar output per example has no directions; choose another layer")
+    if len(shape) == 1 or layout == "first":
         return 0
+    if layout == "last":
+        return len(shape) - 1
     if len(shape) == 2:
-        return 1
-    raise DirscopeError("a layer with a scalar output per example has no directions; choose another layer")
+        return 0 if isinstance(module, CHANNELS_FIRST_1D) else 1
+    return 0
 
 
 def positions(act: torch.Tensor, axis: int) -> torch.Tensor:

@@ -97,12 +97,16 @@ class Result:
         return read_run(Path(path))
 
     def save(self, path: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
-        """Write this result as a run directory."""
+        """Write this result as a run directory, with its scores, verdict and their plots once it is scored."""
         from .rundir import lock_out, prepare_out, write_run
 
         with lock_out(path):
             out = prepare_out(path, overwrite)
             write_run(self, out, figures=figures)
+            if self.verdict is not None and self.scores is not None:
+                from .assess import write_scoring
+
+                write_scoring(self, plots=figures)
         return out
 
     # ---- queries ------------------------------------------------------------------------------------
@@ -155,7 +159,11 @@ class Result:
         n: int = 8,
         sign: str = "max",
     ) -> Figure:
-        """A Szegedy-style grid: one row per direction, its top (or bottom) examples left to right."""
+        """A Szegedy-style grid: one row per direction, its top (or bottom) examples left to right.
+
+        ``family`` (default: the layer's first) gives a seeded sample of ``n`` of its directions, or with
+        ``directions`` those ids, which must be the family's (without ``family``: the family they belong to).
+        """
         from .figures import family_figure
 
         return family_figure(self, layer, family=family, directions=directions, n=n, sign=sign)

@@ -34,10 +34,15 @@ def parse_spec(text: str, what: str = "spec") -> Spec:
 
 def parse_spec_list(text: str, what: str = "spec") -> list[Spec]:
     """Parse a comma-separated list of specs, e.g. ``basis,random:64``."""
-    parts = [p for p in text.split(",") if p.strip()]
+    return [parse_spec(p, what) for p in split_list(text, what)]
+
+
+def split_list(text: str, what: str = "spec", example: str = "basis,random:64") -> list[str]:
+    """The stripped items of a comma-separated list: spec lists, and the API's names given as one string."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise DirscopeError(f"empty {what} list; give at least one, e.g. 'basis,random:64'")
-    return [parse_spec(p, what) for p in parts]
+        raise DirscopeError(f"empty {what} list; give at least one, e.g. {example!r}")
+    return parts
 
 
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -7,7 +7,7 @@ per layer, drawn from the coherence metrics of the top-k sets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from .compare import compare_samples, conclusion, format_row, holm, to_record
 from .errors import DirscopeError
 from .scoring import Scores
 from .seeding import numpy_rng
+from .specs import split_list
 
 ALPHA = 0.05
 VERDICT_FORMAT = "dirscope-verdict/1"
@@ -43,6 +44,41 @@ class Verdict:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.records)
+
+
+def family_pair(text: str, families: Collection[str], what: str = "--compare") -> tuple[str, str]:
+    """``A:B`` split at the colon that leaves a family of the run on both sides (names such as
+    ``rotation:0.5`` hold colons themselves); with none, at the first colon, for scoring to name the unknown."""
+    splits = [(text[:i], text[i + 1 :]) for i, char in enumerate(text) if char == ":"]
+    known = [(a, b) for a, b in splits if a in families and b in families]
+    if len(known) > 1:
+        raise DirscopeError(f"{what} {text}: splits into two families in more than one way")
+    if known:
+        return known[0]
+    if not splits or not all(splits[0]):
+        raise DirscopeError(f"{what} takes two families as A:B, got {text!r}")
+    return splits[0]
+
+
+def parse_pairs(compare: object, families: Collection[str]) -> list[tuple[str, str]]:
+    """The API's ``compare``: a list of (A, B) pairs and/or ``A:B`` strings, or one string of ``A:B`` joined by
+    commas. Anything else is one line, not an unpacking error deep in ``judge``."""
+    usage = "give a list of (A, B) pairs or 'A:B' strings, e.g. compare=[('random', 'basis')] or 'random:basis'"
+    if compare is None:
+        return []
+    if isinstance(compare, str):
+        return [family_pair(text, families, "compare") for text in split_list(compare, "compare", "random:basis")]
+    if not isinstance(compare, Iterable):
+        raise DirscopeError(f"compare={compare!r} is not a list of pairs; {usage}")
+    pairs = []
+    for item in compare:
+        if isinstance(item, str) and ":" in item:
+            pairs.append(family_pair(item, families, "compare"))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(f, str) for f in item):
+            pairs.append((item[0], item[1]))
+        else:
+            raise DirscopeError(f"compare={compare!r}: {item!r} is not a pair of families; {usage}")
+    return pairs
 
 
 def family_pairs(families: Sequence[str], extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
@@ -101,8 +137,8 @@ def judge(
         )
         out.append(rec)
     conclusions = {
-        layer: _layer_conclusion([r for r in out if r["layer"] == layer], alpha)
-        for layer in dict.fromkeys(str(x) for x in table["layer"])
+        str(layer): _layer_conclusion([r for r in out if r["layer"] == str(layer)], rows, scores.kinds, alpha)
+        for layer, rows in table.groupby("layer", sort=False)
     }
     settings = {
         "seed": seed,
@@ -115,9 +151,21 @@ def judge(
     return Verdict(out, conclusions, list(scores.notices), settings)
 
 
-def _layer_conclusion(records: list[dict[str, Any]], alpha: float) -> str:
+def _layer_conclusion(records: list[dict[str, Any]], rows: pd.DataFrame, kinds: dict[str, str], alpha: float) -> str:
+    """Drawn from the coherence of the top-k sets; without any, it says why rather than that none could be
+    computed: one family leaves nothing to compare, and label-free statistics are compared but not concluded on."""
     coherence = [r for r in records if r["kind"] == "coherence" and r["sign"] == "max"]
-    return conclusion(coherence, alpha) if coherence else "no coherence metric could be computed"
+    if coherence:
+        return conclusion(coherence, alpha)
+    families = list(dict.fromkeys(rows["family"]))
+    if len(families) == 1:
+        return f"nothing to compare: {families[0]} is the layer's only family (add another, e.g. random:64)"
+    if not records:
+        return f"nothing to compare: no basis family to compare {', '.join(families)} with; name the pairs as A:B"
+    metrics = list(dict.fromkeys(rows["metric"]))
+    if not any(kinds[m] == "coherence" for m in metrics):
+        return f"no coherence metric was scored; only label-free statistics were compared ({', '.join(metrics)})"
+    return "no coherence metric could be computed"
 
 
 def summary_lines(verdict: Verdict, sign: str = "max") -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -29,7 +32,7 @@ def load_model(
     if isinstance(obj, str):
         loaded = _build(obj, weights)
     elif weights is not None:
-        raise DirscopeError("--weights goes with a model spec string, not with a model object")
+        raise DirscopeError("--weights (weights=) goes with a model spec string, not with a model object")
     elif isinstance(obj, LoadedModel):
         loaded = obj
     elif isinstance(obj, torch.nn.Module):
@@ -49,12 +52,27 @@ def load_model(
     return loaded
 
 
+@contextlib.contextmanager
+def using_model(
+    obj: Any, device: str | torch.device = "cpu", weights: str | None = None, preprocess: str | None = None
+) -> Iterator[Any]:
+    """``obj`` as it is, or loaded with ``weights``/``preprocess`` when either is given; on exit the
+    train/eval mode of every submodule of a caller's module is what it was, though the scan ran in eval."""
+    module = obj.module if isinstance(obj, LoadedModel) else obj if isinstance(obj, torch.nn.Module) else None
+    modes = [(m, m.training) for m in module.modules()] if module is not None else []
+    try:
+        yield obj if weights is None and preprocess is None else load_model(obj, device, weights, preprocess)
+    finally:
+        for sub, training in modes:
+            sub.training = training
+
+
 def _build(spec: str, weights: str | None) -> LoadedModel:
     if weights is None:
         return MODELS.build(spec)
     entry = MODELS.entry(spec)
     if "weights" not in inspect.signature(entry.build).parameters:
-        raise DirscopeError(f"model {spec!r} takes no --weights; give its checkpoint in the spec where it has one")
+        raise DirscopeError(f"model {spec!r} takes no --weights (weights=); its spec may name one")
     return MODELS.build(spec, weights=weights)
 
 

@@ -168,7 +168,9 @@ def load_torchvision(arg: str, weights: str | None = None) -> LoadedModel:
     if arg not in known:
         raise DirscopeError(f"torchvision has no model {arg!r}{suggest(arg, known)}")
     if weights is None:
-        raise DirscopeError(f"model {spec!r} needs --weights PATH: a checkpoint you have (dirscope downloads nothing)")
+        raise DirscopeError(
+            f"model {spec!r} needs --weights PATH (weights= in Python): a checkpoint you have (no download)"
+        )
     module = tv.models.get_model(arg, weights=None)
     sha = load_weights(module, weights, spec)
     info = {"weights": resolved(weights), "weights_sha256": sha}
@@ -202,7 +204,9 @@ def load_timm(arg: str, weights: str | None = None) -> LoadedModel:
     if arg not in known:
         raise DirscopeError(f"timm has no model {arg!r}{suggest(arg, known)}")
     if weights is None:
-        raise DirscopeError(f"model {spec!r} needs --weights PATH: a checkpoint you have (dirscope downloads nothing)")
+        raise DirscopeError(
+            f"model {spec!r} needs --weights PATH (weights= in Python): a checkpoint you have (no download)"
+        )
     module = timm.create_model(arg, pretrained=False)
     sha = load_weights(module, weights, spec)
     info = {"weights": resolved(weights), "weights_sha256": sha}

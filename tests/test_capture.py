@@ -144,3 +144,11 @@ def test_all_means_every_leaf_that_computes_something():
         "pair",
         "head",
     ]
+
+
+def test_layer_info_says_where_auto_finds_the_features():
+    model = nn.Sequential(nn.Conv1d(2, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(15, 4))
+    infos = {i.name: i for i in list_layers(model, torch.zeros(2, 2, 5))}
+    assert (infos["0"].dim, infos["0"].positions) == (3, 5)  # a Conv1d's [C, L]: channels first
+    assert (infos["1"].dim, infos["1"].positions) == (5, 3)  # a bare [T, D]: read as tokens
+    assert (infos["3"].dim, infos["3"].positions) == (4, 1)

@@ -81,6 +81,8 @@ def test_layers_lists_names_and_shapes(project, capsys):
     code, out, _ = run_cli(["layers", "python:tinymodel:build"], capsys)
     assert code == 0
     assert "features.1" in out and "[4, 8, 8]" in out and "head" in out and "[3]" in out
+    rows = {line.split()[0]: line.split()[-2:] for line in out.splitlines()[1:-1]}
+    assert rows["features.1"] == ["4", "64"] and rows["head"] == ["3", "1"]  # D and positions pooled over
 
 
 @pytest.mark.parametrize(

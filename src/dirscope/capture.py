@@ -7,6 +7,7 @@ take no hooks (torch refuses them), so their one layer is the model's output, na
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,18 +15,31 @@ import torch
 from torch import nn
 
 from .errors import DirscopeError
+from .project import feature_axis
 from .specs import suggest
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One hookable submodule: its name, class, per-example output shape and calls per forward."""
+    """One hookable submodule: its name, class, per-example output shape and calls per forward, and where
+    ``--feature-axis auto`` finds its features."""
 
     name: str
     type: str
     shape: tuple[int, ...] | None  # None: did not run, or returned no tensor
     calls: int
     dtype: torch.dtype | None = None
+    feature_axis: int | None = None  # None with no shape, or a scalar one
+
+    @property
+    def dim(self) -> int | None:
+        """The number of features, the dimension a direction of this layer has."""
+        return None if self.feature_axis is None else self.shape[self.feature_axis]
+
+    @property
+    def positions(self) -> int | None:
+        """Positions per example (pooled by --pool): the other axes' sizes multiplied."""
+        return None if self.dim is None else math.prod(self.shape) // self.dim
 
 
 OUTPUT = "output"  # a TorchScript model's one layer
@@ -121,7 +135,8 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         with torch.inference_mode():
             tensor = first_tensor(forward(module, example, batch="probe batch"))
         shape = tuple(tensor.shape[1:]) if tensor is not None else None
-        return [LayerInfo(OUTPUT, "TorchScript", shape, 1, None if tensor is None else tensor.dtype)]
+        dtype = None if tensor is None else tensor.dtype
+        return [LayerInfo(OUTPUT, "TorchScript", shape, 1, dtype, _auto_axis(shape, module))]
     shapes: dict[str, tuple[int, ...] | None] = {}
     dtypes: dict[str, torch.dtype] = {}
     calls: dict[str, int] = {}
@@ -144,7 +159,14 @@ def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     finally:
         for h in handles:
             h.remove()
-    return [LayerInfo(n, type(m).__name__, shapes.get(n), calls.get(n, 0), dtypes.get(n)) for n, m in layers.items()]
+    return [
+        LayerInfo(n, type(m).__name__, shapes.get(n), calls.get(n, 0), dtypes.get(n), _auto_axis(shapes.get(n), m))
+        for n, m in layers.items()
+    ]
+
+
+def _auto_axis(shape: tuple[int, ...] | None, module: nn.Module) -> int | None:
+    return feature_axis(shape, "auto", module) if shape else None
 
 
 class Capture:

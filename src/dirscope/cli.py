@@ -303,14 +303,17 @@ def layers(
         raise DirscopeError(
             f"model {model!r} has no hookable layers: dirscope reads the outputs of submodules, and it has none"
         )
-    width = max(len(i.name) for i in infos)
-    click.echo(f"{'name':<{width}}  {'type':<18} output (per example)")
-    for info in infos:
-        shape_text = (
-            "did not run" if info.calls == 0 else ("no tensor" if info.shape is None else str(list(info.shape)))
-        )
+    texts = [
+        "did not run" if info.calls == 0 else ("no tensor" if info.shape is None else str(list(info.shape)))
+        for info in infos
+    ]
+    width, shape_width = max(len(i.name) for i in infos), max(len("output (per example)"), *map(len, texts))
+    click.echo(f"{'name':<{width}}  {'type':<18} {'output (per example)':<{shape_width}}  {'D':>6}  positions")
+    for info, text in zip(infos, texts, strict=True):
+        dim = "" if info.dim is None else f"{info.dim:>6}  {info.positions}"
         extra = f"  (runs {info.calls}x per forward)" if info.calls > 1 else ""
-        click.echo(f"{info.name:<{width}}  {info.type:<18} {shape_text}{extra}")
+        click.echo(f"{info.name:<{width}}  {info.type:<18} {text:<{shape_width}}  {dim}{extra}".rstrip())
+    click.echo("D: the features a direction of the layer has (--feature-axis auto); positions: what --pool pools over")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -385,3 +385,28 @@ def test_conclusions_say_why_there_is_no_coherence_verdict(api_run):
 def res_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.ReLU())
+
+
+def test_a_bottom_k_difference_is_in_the_conclusion_and_its_row_is_printed():
+    """The conclusion read only the top-k sets: "no detectable difference (... smallest p_holm = 1.000)" stood
+    above bottom-k rows with p_holm 0.005 whose intervals exclude 0."""
+    from dirscope.compare import Comparison, to_record
+    from dirscope.verdict import Verdict, _layer_conclusion, summary_lines
+
+    def rec(sign, effect, low, high, p_holm):
+        c = Comparison(effect, low, high, p_holm, 0.5, 32, 32, 0.6 + effect, 0.6, True, "")
+        return {**to_record("conv2", "label_purity", sign, "basis", "random", c, p_holm), "kind": "coherence",
+                "row": f"label purity ({sign})"}  # fmt: skip
+
+    rows = pd.DataFrame({"family": ["basis", "random"], "metric": ["label_purity"] * 2})
+    kinds = {"label_purity": "coherence"}
+    top = rec("max", 0.01, -0.02, 0.04, 1.0)
+    assert _layer_conclusion([top, rec("min", 0.1, -0.01, 0.2, 0.2)], rows, kinds, 0.05).startswith(
+        "no detectable difference between units and random directions"
+    )  # a bottom-k set that does not differ leaves the top-k conclusion as it was
+    bottom = rec("min", 0.14, 0.08, 0.2, 0.005)
+    text = _layer_conclusion([top, bottom], rows, kinds, 0.05)
+    assert text.startswith("top-k sets: no detectable difference between units and random directions")
+    assert "; bottom-k sets: units more coherent than random directions (label_purity +0.14" in text
+    lines = summary_lines(Verdict([top, bottom], {"conv2": text}, settings={"alpha": 0.05}))
+    assert lines == ["conv2:", "  label purity (max)", "  bottom-k label purity (min)", f"  => {text}"]

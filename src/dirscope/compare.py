@@ -335,6 +335,11 @@ def _quiet(rows: list[Mapping[str, Any]], several_signs: bool) -> str:
     return f"{names}: n/a, {rows[0].get('note') or 'not computed'}"
 
 
+def differs(row: Mapping[str, Any], alpha: float = ALPHA) -> bool:
+    """Whether a comparison counts as a difference (Holm p <= alpha and a CI that excludes 0)."""
+    return _verdict(row, alpha) != 0
+
+
 def _verdict(row: Mapping[str, Any], alpha: float) -> int:
     """+1 if family a is significantly more coherent, -1 if less, 0 otherwise (including missing values)."""
     p, low, high = (_float(row.get(k)) for k in ("p_holm", "ci_low", "ci_high"))

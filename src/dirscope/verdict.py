@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .compare import compare_samples, conclusion, format_row, holm, to_record
+from .compare import compare_samples, conclusion, differs, format_row, holm, to_record
 from .errors import DirscopeError
 from .scoring import Scores
 from .seeding import numpy_rng
@@ -152,9 +152,14 @@ def judge(
 
 
 def _layer_conclusion(records: list[dict[str, Any]], rows: pd.DataFrame, kinds: dict[str, str], alpha: float) -> str:
-    """Drawn from the coherence of the top-k sets; without any, it says why rather than that none could be
-    computed: one family leaves nothing to compare, and label-free statistics are compared but not concluded on."""
+    """Drawn from the coherence of the top-k sets, the sets Szegedy et al. looked at, and of the bottom-k sets
+    too where one of those differs (Holm's correction covers both); without any, it says why rather than that
+    none could be computed: one family leaves nothing to compare, and label-free statistics are compared but
+    not concluded on."""
     coherence = [r for r in records if r["kind"] == "coherence" and r["sign"] == "max"]
+    bottom = [r for r in records if r["kind"] == "coherence" and r["sign"] == "min"]
+    if coherence and any(differs(r, alpha) for r in bottom):  # held back, it would contradict verdict.json
+        return f"top-k sets: {conclusion(coherence, alpha)}; bottom-k sets: {conclusion(bottom, alpha)}"
     if coherence:
         return conclusion(coherence, alpha)
     families = list(dict.fromkeys(rows["family"]))
@@ -169,13 +174,17 @@ def _layer_conclusion(records: list[dict[str, Any]], rows: pd.DataFrame, kinds: 
 
 
 def summary_lines(verdict: Verdict, sign: str = "max") -> list[str]:
-    """The printed report: per layer, a table line per comparison of the top-k sets, then the conclusion."""
+    """The printed report: per layer, a table line per comparison of the top-k sets (and of the bottom-k sets
+    that differ, which the conclusion then names), then the conclusion."""
     lines = []
+    alpha = float(verdict.settings.get("alpha", ALPHA))
     for layer, text in verdict.conclusions.items():
         lines.append(f"{layer}:")
         for rec in verdict.records:
             if rec["layer"] == layer and rec["sign"] in (sign, "all"):
                 lines.append(f"  {rec['row']}")
+            elif rec["layer"] == layer and rec["kind"] == "coherence" and differs(rec, alpha):
+                lines.append(f"  {'bottom' if rec['sign'] == 'min' else 'top'}-k {rec['row']}")
         lines.append(f"  => {text}")
     lines += [f"note: {n}" for n in verdict.notices]
     return lines

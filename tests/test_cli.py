@@ -123,13 +123,19 @@ def test_counts_below_one_are_usage_errors_not_tracebacks(project, capsys):
     assert code == 0, err
     for rows in ("-3", "0"):
         code, _, err = run_cli(["figures", "runs/t", "--rows", rows], capsys)
-        assert code == 2 and "Invalid value for '--rows'" in err and "Traceback" not in err
+        assert code == 2 and err.startswith("error: Invalid value for '--rows'") and err.count("\n") == 1
     code, _, err = run_cli(
         "run --model python:tinymodel:build --layer head --data npz:data.npz --directions pca:2 "
         "--fit-samples -1 --out runs/p -q",
         capsys,
     )
-    assert code == 2 and "Invalid value for '--fit-samples'" in err
+    assert code == 2
+    assert err == "error: Invalid value for '--fit-samples': -1 is not in the range x>=1; see `dirscope run --help`\n"
+    code, _, err = run_cli("run --bogus", capsys)
+    assert code == 2
+    assert err == "error: No such option '--bogus'. (Did you mean one of: '--bins', '--no-figures', '--out'?); " + (
+        "see `dirscope run --help`\n"
+    )
 
 
 def test_figures_api_refuses_no_rows(project, capsys):

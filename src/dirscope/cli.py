@@ -571,8 +571,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a bad option or value: one line, as every other error
+        ctx = getattr(exc, "ctx", None)
+        where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        click.echo(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{where}", err=True)
         sys.exit(exc.exit_code)
     except DirscopeError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -85,6 +85,8 @@ def test_layers_named_like_the_rows_folder_or_each_other_get_their_own_folders(t
     from_cache = dirscope.run(directions="random:8", **settings, from_cache=str(tmp_path / "c"))
     from_model = dirscope.run(Clashing(), layers, data(), "random:8", **settings)
     pd.testing.assert_frame_equal(from_cache.topk, from_model.topk)
+    every = dirscope.run(layers="all", directions="random:8", **settings, from_cache=str(tmp_path / "c"))
+    pd.testing.assert_frame_equal(every.topk, from_model.topk)  # `all` of a cache: every layer it holds
 
 
 def test_layers_whose_names_clash_as_file_names_keep_their_own_run_files(tmp_path):

@@ -840,3 +840,13 @@ def test_a_torch_device_is_recorded_by_its_name(tmp_path):
     """A torch.device passed the checks, then failed writing the manifest (not JSON)."""
     dirscope.run(TinyConv(), ["fc"], tiny_data(), "basis", k=2, device=torch.device("cpu"), out=tmp_path / "r")
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["device"] == "cpu"
+
+
+def test_data_without_the_models_channel_axis_is_told_to_add_it():
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run("mnist-cnn", ["fc1"], np.zeros((4, 28, 28), np.float32), "basis", k=2, progress=False)
+    assert str(err.value).startswith("the model cannot take inputs of shape [28, 28] (probe batch of 2): ")
+    assert str(err.value).endswith(
+        "; the model takes [1, 28, 28] per example: add the channel axis to the data (x[:, None] for an array x of "
+        "shape [N, ...])"
+    )

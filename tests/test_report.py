@@ -392,9 +392,9 @@ def test_cli_report_and_study(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("webbrowser.open", lambda uri: False)  # a machine without a browser: say so
     main(["report", str(run), "--out", str(tmp_path / "x.html"), "--open"])
     assert f"no web browser found here; open {(tmp_path / 'x.html').as_uri()} yourself" in capsys.readouterr().err
-    main(["study", "--per-family", "2", "--no-guess", str(run)])
+    main(["study", "--per-family", "2", "--no-guess", "--families", "basis,random,basis", str(run)])
     out = capsys.readouterr().out
-    assert "8 grids" in out and (run / "study.html").is_file()
+    assert "8 grids (basis, random, shuffled)" in out and (run / "study.html").is_file()
     assert read_key(run)["guess"] is False
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path)])

@@ -78,7 +78,7 @@ def cli() -> None:
     multiple=True,
     help="Layer name (repeat for several; all are captured in one pass), or `all` for every leaf layer that does "
     "more than reshape (not Flatten, Identity, Dropout). See `dirscope layers MODEL`. "
-    "With --from-cache: default every cached layer.",
+    "With --from-cache: default (or `all`) every cached layer.",
 )
 @click.option(
     "--data",
@@ -523,7 +523,7 @@ def study_make(run_dir: Path, families: str, per_family: int, layers: tuple[str,
 
     names = [f.strip() for f in families.split(",") if f.strip()]
     made = make_study(run_dir, families=names, per_family=per_family, layers=layers or None, seed=seed, guess=guess)
-    click.echo(f"study {made.id}: {len(made.key['items'])} grids ({', '.join(names)}, shuffled)")
+    click.echo(f"study {made.id}: {len(made.key['items'])} grids ({', '.join(made.key['families'])}, shuffled)")
     click.echo(f"wrote {made.page} (send it to the raters) and {made.key_path} (the key: keep it with the run)")
 
 

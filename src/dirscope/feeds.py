@@ -71,7 +71,11 @@ class ModelFeed:
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         """One dry forward on the first two examples for every layer's per-example output shape."""
-        infos = {info.name: info for info in list_layers(self.loaded.module, first_inputs(self.rows).to(self.device))}
+        example = first_inputs(self.rows)
+        try:
+            infos = {info.name: info for info in list_layers(self.loaded.module, example.to(self.device))}
+        except DirscopeError as exc:
+            raise DirscopeError(f"{exc}{_shape_hint(tuple(example.shape[1:]), self.loaded.input_shape)}") from None
         shapes = {}
         for name in self.names:
             info = infos[name]
@@ -107,12 +111,22 @@ class ModelFeed:
                     return
 
 
+def _shape_hint(given: tuple[int, ...], declared: tuple[int, ...] | None) -> str:
+    """What to change when the data's per-example shape is not the one the model declares."""
+    if declared is None or given == declared:
+        return ""
+    hint = f"; the model takes {list(declared)} per example"
+    if len(declared) == len(given) + 1 and declared[0] == 1 and declared[1:] == given:
+        hint += ": add the channel axis to the data (x[:, None] for an array x of shape [N, ...])"
+    return hint
+
+
 class CacheFeed:
     """Activations read back from an activation cache, with no model."""
 
     def __init__(self, path: Any, layers: Sequence[str] | None, data: Any, pool: str, layout: str = "auto") -> None:
         self.reader = CacheReader(path)
-        self.names = list(layers) if layers else self.reader.names
+        self.names = list(layers) if layers and list(layers) != ["all"] else self.reader.names
         check_unique_layers(self.names)
         self.reader.check(self.names, pool)
         self.shapes = {name: self.reader.shape(name) for name in self.names}

@@ -239,5 +239,5 @@ def test_cli_runs_lite0_on_photos_with_overridden_preprocessing(tmp_path, monkey
     torch.save(state, tmp_path / "w.pt")
     code, _, err = cli(f"layers efficientnet-lite0 --weights {tmp_path / 'w.pt'}")
     assert code == 2 and "unexpected 1 (extra.bias)" in err and err.count("\n") == 1
-    code, _, err = cli("layers mnist-cnn --preprocess crop=20")
-    assert code == 2 and "no configurable image preprocessing" in err
+    code, _, err = cli("layers mnist-cnn --preprocess crop=20")  # the built-ins' preprocessing is overridable too
+    assert code == 2 and "cannot take inputs of shape [1, 20, 20]" in err and err.count("\n") == 1

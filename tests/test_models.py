@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import textwrap
 import warnings
@@ -11,13 +13,16 @@ import numpy as np
 import pytest
 import safetensors
 import torch
+from PIL import Image
 from torch import nn
 
 import dirscope
+from dirscope.atomic import write_text
 from dirscope.capture import list_layers
+from dirscope.data import load_data
 from dirscope.errors import DirscopeError
 from dirscope.models import MODELS, LoadedModel, MnistCNN, MnistMLP, load_model
-from dirscope.models.builtin import BUILTINS, FASHION_LABELS, load_builtin, preprocess_gray28
+from dirscope.models.builtin import BUILTINS, FASHION_LABELS, GRAY28_PREPROCESS, load_builtin
 from dirscope.models.train import (
     TrainRecipe,
     accuracy,
@@ -100,11 +105,65 @@ def test_mnist_checkpoints_record_the_current_train_split(name: str) -> None:
 
 
 def test_preprocess_makes_gray_28x28_in_unit_range() -> None:
-    from PIL import Image
-
-    x = preprocess_gray28(Image.new("RGB", (40, 50), (255, 255, 255)))
+    x = GRAY28_PREPROCESS(Image.new("RGB", (40, 50), (255, 255, 255)))
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
     assert torch.allclose(x, torch.ones_like(x))
+
+
+def gray28_before(image: Image.Image) -> torch.Tensor:
+    """The built-ins' preprocessing when it was a function: their default must still give these very pixels."""
+    gray = image.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Three small images of other sizes and modes than the built-ins take, unlabelled."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (50, 20), dtype=np.uint8)).save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 256, (28, 28, 4), dtype=np.uint8)).save(folder / "c.png")
+    return folder
+
+
+def folder_inputs(folder, preprocess) -> torch.Tensor:
+    return torch.cat([b.x for b in load_data(f"folder:{folder}", preprocess=preprocess).batches(8)])
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_builtin_preprocessing_is_recorded_and_overridable(name: str, image_folder) -> None:
+    """Like the ImageNet sources, the built-ins carry their preprocessing as data: the manifest records it and
+    --preprocess overrides it; its default is the squash to 28x28 grayscale they always did, pixel for pixel."""
+    paths = sorted(image_folder.iterdir())
+    loaded = load_model(name)
+    assert loaded.info["preprocess"] == {
+        "resize": [28, 28], "crop": None, "mean": [0.0], "std": [1.0], "interpolation": "bilinear", "mode": "L",
+    }  # fmt: skip
+    before = torch.stack([gray28_before(Image.open(p)) for p in paths])
+    assert torch.equal(folder_inputs(image_folder, loaded.preprocess), before)
+    loaded = load_model(name, preprocess="interpolation=nearest,mean=0.5,std=0.25")
+    assert loaded.info["preprocess"]["interpolation"] == "nearest" and loaded.info["preprocess"]["mean"] == [0.5]
+    assert loaded.input_shape == (1, 28, 28)
+    nearest = [np.asarray(Image.open(p).convert("L").resize((28, 28), Image.Resampling.NEAREST)) for p in paths]
+    expected = (torch.from_numpy(np.stack(nearest)[:, None] / 255.0).float() - 0.5) / 0.25
+    assert torch.allclose(folder_inputs(image_folder, loaded.preprocess), expected)
+
+
+def test_a_bare_module_has_no_preprocessing_to_override() -> None:
+    with pytest.raises(DirscopeError, match="no configurable image preprocessing to override"):
+        load_model(MnistMLP(), preprocess="crop=20")
+
+
+def test_a_run_records_the_builtin_preprocessing(image_folder) -> None:
+    result = dirscope.run("mnist-mlp", ["fc1"], f"folder:{image_folder}", "basis:2", k=1, progress=False, figures=False)
+    assert result.manifest["model"]["info"]["preprocess"]["resize"] == [28, 28]
+    result = dirscope.run(
+        "mnist-mlp", ["fc1"], f"folder:{image_folder}", "basis:2", k=1, preprocess="mode=L,resize=28/28,std=0.5",
+        progress=False, figures=False,
+    )  # fmt: skip
+    assert result.manifest["model"]["info"]["preprocess"]["std"] == [0.5]
 
 
 @pytest.mark.parametrize(
@@ -183,6 +242,17 @@ def test_checkpoint_round_trip_with_path_spec(tmp_path) -> None:
     assert torch.equal(loaded.module(x), module(x))
 
 
+def test_checkpoint_has_the_mode_of_every_other_written_file(tmp_path) -> None:
+    """safetensors writes a new 0600 file in place of the atomic helper's temporary file; the helper must still
+    give the checkpoint the usual permissions (0644 under umask 022), as every other file dirscope writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_checkpoint(MnistMLP(), tmp_path / "m.safetensors", {})
+    write_text(tmp_path / "other.txt", "x")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "other.txt").stat().st_mode) == 0o666 & ~umask
+
+
 def test_missing_checkpoint_says_how_to_train(tmp_path) -> None:
     with pytest.raises(DirscopeError, match="dirscope train mnist-cnn") as err:
         load_model(f"mnist-cnn:{tmp_path / 'none.safetensors'}")
@@ -199,6 +269,27 @@ def test_wrong_weights_name_the_keys(tmp_path) -> None:
     msg = str(err.value)
     assert "missing keys conv1.0.bias" in msg and "unexpected keys" in msg and "out.weight" in msg
     assert "shape mismatches fc1.0.bias (200,) vs (128,)" in msg and "\n" not in msg
+    assert msg.endswith(f"run `dirscope train mnist-cnn --out {path}` to recreate it")
+
+
+def test_a_checkpoint_of_another_builtin_is_named_not_retrained(tmp_path) -> None:
+    """Retraining to the same path, as the hint used to say, would replace a good checkpoint of another model."""
+    cnn = save_checkpoint(MnistCNN(), tmp_path / "my.safetensors", {"model": "mnist-cnn", "architecture": "MnistCNN"})
+    with pytest.raises(DirscopeError, match=r"unexpected keys conv1\.0\.bias") as err:
+        load_model(f"mnist-mlp:{cnn}")
+    assert str(err.value).endswith(f"; it is a checkpoint of mnist-cnn; use --model mnist-cnn:{cnn}")
+    assert "dirscope train" not in str(err.value) and "\n" not in str(err.value)
+    mlp = save_checkpoint(MnistMLP(), tmp_path / "mlp.safetensors", {"architecture": "MnistMLP"})
+    with pytest.raises(DirscopeError) as err:
+        load_model(f"fashion-cnn:{mlp}")
+    assert str(err.value).endswith(
+        f"; it is a checkpoint of MnistMLP; use --model mnist-mlp:{mlp} or --model fashion-mlp:{mlp}"
+    )
+    # metadata naming a built-in the weights do not fit either: retraining is the one remedy
+    wrong = save_checkpoint(nn.Linear(2, 2), tmp_path / "wrong.safetensors", {"model": "mnist-cnn"})
+    with pytest.raises(DirscopeError) as err:
+        load_model(f"mnist-mlp:{wrong}")
+    assert str(err.value).endswith(f"; run `dirscope train mnist-mlp --out {wrong}` to recreate it")
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise DirscopeError(f"cannot write {path}: {exc.strerror}; make {where} writable, or write elsewhere") from None
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp_path
+        # mkstemp creates 0600, and a writer may replace the file with its own 0600 one (safetensors does), so
+        # give the file the usual permissions only now, just before it takes the place of ``path``
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

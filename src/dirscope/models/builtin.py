@@ -7,15 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import safetensors
 import safetensors.torch
 import torch
-from PIL import Image
 
 from ..errors import DirscopeError
 from .base import MODELS, LoadedModel
 from .nets import ARCHITECTURES
+from .preprocess import ImagePreprocess
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INPUT_SHAPE = (1, 28, 28)
@@ -59,10 +58,9 @@ def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-def preprocess_gray28(image: Image.Image) -> torch.Tensor:
-    """A PIL image as the built-ins' input: grayscale, 28x28 bilinear, float [1, 28, 28] in [0, 1]."""
-    gray = image.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0).unsqueeze(0)
+# A PIL image as the built-ins' input: grayscale, squashed to 28x28 bilinear, float [1, 28, 28] in [0, 1]. As data,
+# not a function, so that it is recorded in the manifest and ``--preprocess`` can override any field.
+GRAY28_PREPROCESS = ImagePreprocess(resize=(28, 28), crop=None, mean=(0.0,), std=(1.0,), mode="L")
 
 
 def read_checkpoint(path: Path, train_hint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -78,8 +76,8 @@ def read_checkpoint(path: Path, train_hint: str) -> tuple[dict[str, torch.Tensor
         raise DirscopeError(f"cannot read checkpoint {path} ({first}); run `{train_hint}` to recreate it") from None
 
 
-def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, train_hint: str) -> None:
-    """Fail with one line naming missing, unexpected and mis-shaped keys before a strict load."""
+def state_problems(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``state`` does not load strictly into ``module``: its missing, unexpected and mis-shaped keys."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -88,16 +86,24 @@ def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     )
-    problems = [
+    return [
         f"{label} {', '.join(items)}"
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
         if items
     ]
-    if problems:
-        raise DirscopeError(
-            f"checkpoint {path} does not fit {type(module).__name__}: {'; '.join(problems)}; "
-            f"run `{train_hint}` to recreate it"
-        )
+
+
+def misfit_fix(name: str, arg: str, state: dict[str, torch.Tensor], metadata: dict[str, str], hint: str) -> str:
+    """What to do about a checkpoint that does not fit built-in ``name``: load it as the built-in (or else the
+    architecture) its metadata says it was trained for, when it fits that; retrain only when it does not, since
+    retraining to the same path would replace a good checkpoint of another model."""
+    trained_for, arch = metadata.get("model", ""), metadata.get("architecture", "")
+    named = [trained_for] if trained_for in BUILTINS else [b.name for b in BUILTINS.values() if b.architecture == arch]
+    others = [n for n in named if BUILTINS[n].architecture != BUILTINS[name].architecture]
+    if others and not state_problems(ARCHITECTURES[BUILTINS[others[0]].architecture](), state):
+        what = trained_for if trained_for in BUILTINS else arch
+        return f"it is a checkpoint of {what}; use " + " or ".join(f"--model {n}:{arg}" for n in others)
+    return f"run `{hint}` to recreate it"
 
 
 def train_command(name: str) -> str:
@@ -112,14 +118,22 @@ def load_builtin(name: str, path: str | Path | None = None) -> LoadedModel:
     hint = train_command(name) + ("" if path is None else f" --out {ckpt}")
     state, metadata = read_checkpoint(ckpt, hint)
     module = ARCHITECTURES[builtin.architecture]()
-    check_state(module, state, ckpt, hint)
+    problems = state_problems(module, state)
+    if problems:
+        fix = misfit_fix(name, str(path), state, metadata, hint)
+        raise DirscopeError(f"checkpoint {ckpt} does not fit {builtin.architecture}: {'; '.join(problems)}; {fix}")
     module.load_state_dict(state, strict=True)
-    info = {**metadata, "checkpoint": ckpt.name, "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    info = {
+        **metadata,
+        "checkpoint": ckpt.name,
+        "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+        "preprocess": GRAY28_PREPROCESS.describe(),
+    }
     return LoadedModel(
         module=module,
         spec=name if path is None else f"{name}:{path}",
         input_shape=INPUT_SHAPE,
-        preprocess=preprocess_gray28,
+        preprocess=GRAY28_PREPROCESS,
         label_names=list(builtin.label_names),
         info=info,
     )

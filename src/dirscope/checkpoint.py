@@ -45,6 +45,7 @@ _WHAT = {
     "data.content": "version of the data files",
     "data.content.files": "version of the data files (by size and mtime)",
     "data.content.sha256": "version of the data files (by sha256)",
+    "data.content.md5": "version of the data files (by md5)",
     "layers": "layers",
     "shapes": "layer shape of",
     "layout": "feature axis of layer",

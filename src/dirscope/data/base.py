@@ -27,8 +27,9 @@ class DataSource(ABC):
 
     Subclasses set ``spec`` (how to build it again), ``label_names`` (or None) and implement the
     abstract methods. ``size`` is None only for one-shot iterables whose length is unknown up front.
-    Sources read from a few files set ``content`` (see :func:`files_content`), so that a checkpoint or a
-    cache can tell a rewritten file from the one it was made from.
+    Sources read from a few files set ``content`` (see :func:`files_content`; built-in data verified against
+    pinned digests gives those digests), so that a checkpoint or a cache can tell a rewritten file from the one
+    it was made from.
     """
 
     spec: str = "<python object>"
@@ -111,16 +112,20 @@ def _scaled_to_uint8(stack: np.ndarray, overwrite: bool = False) -> np.ndarray:
 
     The same float32 operations, in the same order, as for one image: (a - lo) / (hi - lo) * 255. Done in
     place on one float32 copy (or on ``stack`` itself when ``overwrite``); images with NaN or inf (rare) take
-    the slower NaN-aware path.
+    the slower NaN-aware path: the range is that of the finite pixels, +inf pixels show 255, NaN and -inf 0.
     """
     a = np.asarray(stack, dtype=np.float32) if overwrite else np.array(stack, dtype=np.float32)  # written in place
     flat = a.reshape(len(a), -1)
     all_finite = bool(np.isfinite(flat).all())
     lo = np.empty(len(a), np.float32)
     hi = np.empty(len(a), np.float32)
+    posinf = None
     if all_finite:
         flat.min(axis=1, out=lo), flat.max(axis=1, out=hi)
     else:
+        posinf = np.isposinf(a)
+        a[~np.isfinite(a)] = np.nan  # out of the range; NaN arithmetic warns of nothing, inf - inf does
+        flat = a.reshape(len(a), -1)  # again: a view of ``a`` only where ``a`` is contiguous
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: scaled to zeros below
             lo[:], hi[:] = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
@@ -133,7 +138,8 @@ def _scaled_to_uint8(stack: np.ndarray, overwrite: bool = False) -> np.ndarray:
     a /= span.reshape(shape)
     a *= gain.reshape(shape)
     np.round(a, out=a)
-    if not all_finite:
+    if posinf is not None:
         np.nan_to_num(a, copy=False)
+        a[posinf] = 255.0
     np.clip(a, 0, 255, out=a)
     return a.astype(np.uint8)

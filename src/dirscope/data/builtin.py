@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import DirscopeError
 from . import fetch
 from .arrays import ArraySource
-from .base import DataSource, files_content
-from .fetch import FASHION_SHA256, MNIST_FULL_DIR, MNIST_NPZ, data_home, fashion_mnist_dir
+from .base import DataSource
+from .fetch import FASHION_SHA256, MNIST_FULL_DIR, MNIST_NPZ, MNIST_SHA256, data_home, fashion_mnist_dir
 from .idx import read_idx_pair
 from .registry import DATA, Preprocess
 
@@ -70,8 +70,16 @@ def mnist_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
     return x[order], y[order]
 
 
+def digits_sha256(x_uint8: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of the images' uint8 bytes then the labels' little-endian int64 bytes: the digits, not their file."""
+    digest = hashlib.sha256(np.ascontiguousarray(x_uint8).tobytes())
+    digest.update(np.ascontiguousarray(y, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
 def load_mnist_npz() -> tuple[np.ndarray, np.ndarray]:
-    """All 10,000 digits saved by ``dirscope fetch mnist``."""
+    """All 10,000 digits saved by ``dirscope fetch mnist``, checked against their pinned sha256 on every load
+    (as the other built-in datasets are), so that the pin is their identity (see :func:`pinned_content`)."""
     path = data_home() / MNIST_NPZ
     if not path.is_file():
         raise DirscopeError(f"MNIST digits not found in {data_home()}; run `dirscope fetch mnist` (or `make data`)")
@@ -82,6 +90,8 @@ def load_mnist_npz() -> tuple[np.ndarray, np.ndarray]:
         raise DirscopeError(f"{path} is unreadable ({exc}); delete it and run `dirscope fetch mnist`") from None
     if x.dtype != np.uint8 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
         raise DirscopeError(f"{path} does not hold uint8 [N,28,28] digits; delete it and run `dirscope fetch mnist`")
+    if digits_sha256(x, y) != MNIST_SHA256[path.name]:
+        raise DirscopeError(f"{path} does not match its pinned checksum; delete it and run `dirscope fetch mnist`")
     return x, y.astype(np.int64)
 
 
@@ -89,15 +99,19 @@ def image_source(
     x: np.ndarray, y: np.ndarray, label_names: list[str], spec: str, content: dict[str, Any] | None = None
 ) -> ArraySource:
     """28x28 uint8 images as model inputs [N,1,28,28] in [0,1], displayed as they are; ``content`` identifies
-    the files they were read from (see :func:`dirscope.data.base.files_content`)."""
+    the files they were read from (see :func:`pinned_content`)."""
     source = ArraySource(x[:, None], y, label_names, spec=spec, display=x)
     source.content = content
     return source
 
 
-def pinned_content(paths: tuple[Path, ...], sha256: dict[str, str]) -> dict[str, Any]:
-    """The identity of files checked against pinned digests: the digests themselves, exact and free."""
-    return {"sha256": {path.name: sha256[path.name] for path in paths}}
+def pinned_content(paths: tuple[Path, ...], digests: dict[str, str], algorithm: str = "sha256") -> dict[str, Any]:
+    """The identity of files checked against pinned digests: the digests themselves, exact and free.
+
+    Unlike :func:`dirscope.data.base.files_content` it ignores the files' mtime, so a fetch again of the same
+    data keeps the identity that checkpoints, caches and scoring compare. Only for files verified on load.
+    """
+    return {algorithm: {path.name: digests[path.name] for path in paths}}
 
 
 def idx_names(train: bool) -> tuple[str, str]:
@@ -111,9 +125,9 @@ def idx_names(train: bool) -> tuple[str, str]:
 )
 def build_mnist(arg: str | None, *, preprocess: Preprocess | None = None) -> DataSource:
     train = parse_split("mnist", arg, "the held-out digits")
-    path = data_home() / MNIST_NPZ
-    content = files_content(path) if path.is_file() else None  # taken before reading; missing: load_mnist_npz says
-    return image_source(*mnist_digits(train), MNIST_LABELS, "mnist:train" if train else "mnist", content)
+    x, y = mnist_digits(train)  # checked against MNIST_SHA256
+    content = pinned_content((data_home() / MNIST_NPZ,), MNIST_SHA256)
+    return image_source(x, y, MNIST_LABELS, "mnist:train" if train else "mnist", content)
 
 
 @DATA.register("mnist-full", help="the complete MNIST test set (10k); mnist-full:train for the 60k (fetch first)")
@@ -123,11 +137,11 @@ def build_mnist_full(arg: str | None, *, preprocess: Preprocess | None = None) -
     images, labels = (folder / name for name in idx_names(train))
     if not (images.is_file() and labels.is_file()):
         raise DirscopeError(f"complete MNIST not found in {folder}; run `dirscope fetch mnist-full` (needs internet)")
-    content = files_content(images, labels)
     for path in (images, labels):  # checked on every load, not only when fetched: files may be put there by hand
         if fetch.md5_hex(path.read_bytes()) != fetch.MNIST_FULL_MD5[path.name]:
             raise DirscopeError(f"{path} does not match its pinned md5; delete it and run `dirscope fetch mnist-full`")
     x, y = read_idx_pair(images, labels)
+    content = pinned_content((images, labels), fetch.MNIST_FULL_MD5, "md5")
     return image_source(x, y, MNIST_LABELS, "mnist-full:train" if train else "mnist-full", content)
 
 

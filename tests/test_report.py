@@ -368,6 +368,18 @@ def test_bad_answer_files_get_one_line_errors(runs, tmp_path, capsys, mutate, me
     assert re.search(message, err), err
 
 
+def test_files_without_a_rater_are_told_apart_by_their_paths(runs, tmp_path):
+    """Two people's answers.json in their own folders were "the same person (rater answers.json)"."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    files = []
+    for who in ("alice", "bob"):
+        (tmp_path / who).mkdir()
+        files.append(answers_file(tmp_path / who / "answers.json", study.id, {study.key["items"][0]["id"]: 2}, ""))
+    assert score_study(run, files)["raters"] == [str(f.resolve()) for f in files]
+
+
 def test_same_person_twice_and_missing_key_are_refused(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["plain"], run)
@@ -657,9 +669,11 @@ def test_report_embeds_exact_values_so_ties_and_sorting_agree_with_the_run(close
     scores = pd.read_parquet(runs["scored"] / "scores.parquet").set_index(["layer", "direction", "metric", "sign"])
     layers = [layer["name"] for layer in scored["layers"]]
     for d in scored["dirs"]:
-        for m, value in zip(scored["metrics"], d["m"], strict=True):
+        for m, value, z in zip(scored["metrics"], d["m"], d["z"], strict=True):
             key = (layers[d["l"]], d["d"], m["metric"], m["set"])
             assert value == (scores.loc[key, "score"] if key in scores.index else None)
+            if key in scores.index and np.isfinite(scores.loc[key, "z"]):  # exact: the page rounds it once
+                assert z == scores.loc[key, "z"]
 
 
 def test_browser_report_ties_sort_and_whole_number_search(browser, close_run):
@@ -726,6 +740,8 @@ def test_study_score_refuses_a_study_made_for_another_run(runs, tmp_path, capsys
         (lambda doc: {**doc, "answers": [{**doc["answers"][0], "item": [1]}]}, r"names item \[1\], which is not"),
         (lambda doc: {**doc, "answers": [{**doc["answers"][0], "item": {"a": 1}}]}, "which is not part of"),
         (lambda doc: {**doc, "rater": ["r"]}, r"rater is \['r'\]; it must be a string"),
+        (lambda doc: {**doc, "answers": ["x"]}, "answer 1 is 'x', not an object with item, rating and guess"),
+        (lambda doc: {**doc, "answers": {"a": 1}}, r"answers must be a list of \{item, rating, guess\}"),
         (lambda doc: "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
     ],
 )
@@ -794,3 +810,31 @@ def test_report_never_overwrites_a_runs_own_file_or_a_file_that_is_no_report(run
     study = Path(shutil.copy(make_study(run, per_family=2).page, tmp_path / "study-copy.html"))
     with pytest.raises(DirscopeError, match="is not a dirscope report"):  # a page of ours, but no report
         write_report(run, study)
+
+
+def test_browser_study_enter_on_a_focused_button_and_stopping_early(browser, runs, tmp_path):
+    """Enter on a focused rating button moved on without the rating; and who stopped early could not export."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    w = open_page(browser, study.page)
+    page = w.page
+    page.click("#start")
+    page.keyboard.press("2")
+    page.focus("[data-rating='4']")
+    page.keyboard.press("Enter")
+    assert page.inner_text("#position").startswith("Grid 1 of 8")
+    assert page.locator("[data-rating='4'].chosen").count() == 1
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("3")
+    page.keyboard.press("Enter")  # no button has the focus: Enter moves on, as documented
+    assert page.inner_text("#position").startswith("Grid 3 of 8")
+    page.click("#stop")
+    assert "You rated 2 of 8" in page.inner_text("#summary")
+    with page.expect_download() as download:
+        page.click("#export")
+    answers = tmp_path / "answers.json"
+    download.value.save_as(answers)
+    w.check_clean()
+    ratings = [a["rating"] for a in json.loads(answers.read_text())["answers"]]
+    assert ratings == [4, 3]

@@ -92,7 +92,7 @@ def report_data(result: Result, images: dict[int, str], plots: list[dict[str, st
                 "s": [json_number(st[c], None) for c in STAT_COLUMNS],  # exact: the page sorts on them
                 "z0": int(st["zeros"]),  # exact zeros: a set holding only some of them was padded by row
                 "m": [json_number(v, None) for v in scores[i]],
-                "z": [json_number(v, 3) for v in zs[i]],  # shown only, never sorted on
+                "z": [json_number(v, None) for v in zs[i]],  # exact: rounded once, where shown
             }
         )
     return {

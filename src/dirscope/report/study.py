@@ -240,15 +240,19 @@ def read_answers(path: Path, key: dict[str, Any]) -> pd.DataFrame:
             f"{key['study']!r}; score it against the run directory whose study.html produced it"
         )
     answers = doc.get("answers")
-    if not isinstance(answers, list) or not answers:
+    if not isinstance(answers, list):
+        raise DirscopeError(f"{path}: answers must be a list of {{item, rating, guess}}; export again from study.html")
+    if not answers:
         raise DirscopeError(f"{path} has no answers; rate some images in study.html and export again")
     families = {it["id"]: it["family"] for it in key["items"]}
     rows, seen = [], set()
     if not isinstance(doc.get("rater") or "", str):
         raise DirscopeError(f"{path}: rater is {doc['rater']!r}; it must be a string (the token study.html gives)")
-    rater = str(doc.get("rater") or path.name)
+    rater = str(doc.get("rater") or path.resolve())  # a hand-written file without one: its path, not its name
     for n, answer in enumerate(answers, 1):
-        item = answer.get("item") if isinstance(answer, dict) else None
+        if not isinstance(answer, dict):
+            raise DirscopeError(f"{path}: answer {n} is {answer!r}, not an object with item, rating and guess")
+        item = answer.get("item")
         if not isinstance(item, str) or item not in families:  # an id is a string: a list is not even hashable
             raise DirscopeError(f"{path}: answer {n} names item {item!r}, which is not part of study {key['study']}")
         if item in seen:

@@ -96,6 +96,11 @@ function item() {
   }
   parts.push(el("div", {class: "nav"}, [
     el("button", {id: "back", type: "button", text: "\u2039 back", onclick: () => move(-1)}),
+    el("button", {id: "stop", type: "button", text: "stop here and export", onclick: () => {
+      S.position = N;  // the closing page, which exports what is rated so far
+      save();
+      render();
+    }}),
     el("button", {id: "next", type: "button", text: S.position === N - 1 ? "finish" : "next \u203a",
       onclick: () => move(1)}),
   ]));
@@ -156,7 +161,8 @@ function exportAnswers() {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (!S.started || S.position >= N || event.target.tagName === "INPUT") return;
+  // a focused button takes its own Enter or space (a rating, say), which must not also move on
+  if (!S.started || S.position >= N || ["INPUT", "BUTTON"].includes(event.target.tagName)) return;
   if (event.key >= "1" && event.key <= "5") rate(Number(event.key));
   else if (event.key === "ArrowRight" || event.key === "Enter") move(1);
   else if (event.key === "ArrowLeft") move(-1);

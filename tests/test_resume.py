@@ -332,7 +332,7 @@ def test_checkpoint_every_must_be_finite_and_not_negative(tmp_path, every):
 def test_resume_needs_a_checkpoint_and_a_checkpoint_needs_resume_or_overwrite(tmp_path):
     x, _ = tiny_data(60)
     settings = dict(layers=["fc"], directions="basis", k=2, batch_size=8)
-    with pytest.raises(DirscopeError, match=r"no checkpoint to resume in .*run without --resume"):
+    with pytest.raises(DirscopeError, match=r"no checkpoint to resume in .*leaves none\); start it again with --over"):
         dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "new"), resume=True, progress=False)
     with pytest.raises(Crash):
         dirscope.run(CrashAfter(3), data=x, **settings, out=str(tmp_path / "r"), checkpoint_every=1e-9, progress=False)
@@ -346,6 +346,42 @@ def test_resume_needs_a_checkpoint_and_a_checkpoint_needs_resume_or_overwrite(tm
         dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "r"), resume=True, progress=False)
     with pytest.raises(DirscopeError, match="--checkpoint-every must be >= 0"):
         dirscope.run(CrashAfter(None), data=x, **settings, out=str(tmp_path / "n"), checkpoint_every=-1)
+
+
+def test_what_a_kill_leaves_is_cleared_and_a_finished_run_is_never_called_unfinished(tmp_path, monkeypatch):
+    """Temporary files of interrupted writes stayed for good (a cache chunk's: tens of MiB); a kill between the
+    manifest and the checkpoint's removal left a finished run that --resume rewrote, dropping its scores."""
+    x, _ = tiny_data(60)
+    settings = dict(layers=["fc"], directions="basis", k=2, batch_size=8, progress=False)
+    out = tmp_path / "r"
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(3), data=x, **settings, out=str(out), checkpoint_every=1e-9)
+    leftovers = [out / ".topk.parquet.a1b2c3d4.tmp", out / CHECKPOINT_DIR / ".state-000009.npz.x_y9z8w7.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    mine = out / ".notes.tmp"  # not a name atomic_path makes: the user's
+    mine.write_text("keep")
+    resumed = dirscope.run(CrashAfter(None), data=x, **settings, out=str(out), resume=True)
+    assert not any(p.exists() for p in leftovers) and mine.read_text() == "keep"
+    finished = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    save_checkpoint(out, {"fingerprint": {}}, {"a": np.zeros(1)})  # as if killed before its removal...
+    os.utime(out / "manifest.json")  # ...with the manifest written after the checkpoint
+    with pytest.raises(DirscopeError, match="the run there is complete; load it, or pass --overwrite"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(out), resume=True)
+    assert not (out / CHECKPOINT_DIR).exists() and dirscope.load(out).topk.equals(resumed.topk)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == finished
+    os.makedirs(out / CHECKPOINT_DIR)
+    (out / CHECKPOINT_DIR / "state-000000.npz").write_bytes(b"")  # a removal killed after the index went
+    with pytest.raises(DirscopeError, match="not empty; pass --overwrite"):
+        dirscope.run(CrashAfter(None), data=x, **settings, out=str(out))
+
+
+def test_score_of_an_unfinished_run_says_to_resume_it(tmp_path):
+    with pytest.raises(Crash):
+        dirscope.run(CrashAfter(3), ["fc"], tiny_data(60)[0], "basis", k=2, batch_size=8, out=str(tmp_path / "r"),
+                     checkpoint_every=1e-9, progress=False)  # fmt: skip
+    with pytest.raises(DirscopeError, match=r"holds an unfinished run \(a checkpoint, no manifest.json yet\); fin"):
+        dirscope.score(tmp_path / "r")
 
 
 def test_checkpoints_follow_the_interval_plus_one_at_the_scan_end_and_none_when_disabled(tmp_path, monkeypatch):

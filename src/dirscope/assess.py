@@ -113,9 +113,10 @@ def _write(result: Result, scores: Scores, verdict: Verdict, plots: bool) -> Non
     and the new one lands last, so a scoring killed midway leaves a run that reads as not scored (with a
     warning), never one scoring's scores beside another's verdict (see ``rundir._read_scores``)."""
     from .plots import write_plots
-    from .rundir import SCORES_ID
+    from .rundir import SCORES_ID, remove_partials
 
     out = result.path
+    remove_partials(out)  # of a scoring killed midway
     scores_id = uuid.uuid4().hex
     (out / "verdict.json").unlink(missing_ok=True)
     table = pa.Table.from_pandas(scores.table, preserve_index=False)

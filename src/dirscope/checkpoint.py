@@ -29,7 +29,7 @@ CHECKPOINT_DIR = "checkpoint"
 # preprocessing), the layer shapes and the data files' identity, which a /2 checkpoint cannot be checked against;
 # 4: each layer keeps its excluded rows' label counts and those that may be in the null sample (a /3 lacks them)
 CHECKPOINT_FORMAT = "dirscope-checkpoint/4"
-_INDEX = "checkpoint.json"
+CHECKPOINT_INDEX = "checkpoint.json"
 # Fingerprint keys as a user knows them, for the one-line refusal. A key below one of these (``model.info.
 # preprocess.resize``, ``shapes.conv``) is named by the longest one it starts with, followed by the rest.
 _WHAT = {
@@ -104,16 +104,16 @@ def weights_digest(module: Any) -> str:
 
 
 def has_checkpoint(out: Path) -> bool:
-    return (out / CHECKPOINT_DIR / _INDEX).is_file()
+    return (out / CHECKPOINT_DIR / CHECKPOINT_INDEX).is_file()
 
 
 def save_checkpoint(out: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Write a new checkpoint beside the old one, switch to it by rewriting the JSON, then drop the old."""
     folder = out / CHECKPOINT_DIR
-    serial = int(json.loads((folder / _INDEX).read_text())["serial"]) + 1 if has_checkpoint(out) else 0
+    serial = int(json.loads((folder / CHECKPOINT_INDEX).read_text())["serial"]) + 1 if has_checkpoint(out) else 0
     state = f"state-{serial:06d}.npz"
     write_with(folder / state, lambda fh: np.savez(fh, **arrays))
-    write_json(folder / _INDEX, {"format": CHECKPOINT_FORMAT, "serial": serial, "state_file": state, **meta})
+    write_json(folder / CHECKPOINT_INDEX, {"format": CHECKPOINT_FORMAT, "serial": serial, "state_file": state, **meta})
     for old in folder.glob("state-*.npz"):
         if old.name != state:
             old.unlink(missing_ok=True)
@@ -123,9 +123,9 @@ def load_checkpoint(out: Path) -> Checkpoint:
     """The checkpoint in ``out``, or a one-line error saying why it cannot be used."""
     folder = out / CHECKPOINT_DIR
     if not has_checkpoint(out):
-        raise DirscopeError(f"no checkpoint to resume in {out}; run without --resume to start")
+        raise DirscopeError(f"no checkpoint to resume in {out}; start the run again with --overwrite")
     try:
-        meta = json.loads((folder / _INDEX).read_text())
+        meta = json.loads((folder / CHECKPOINT_INDEX).read_text())
         with np.load(folder / meta["state_file"], allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -141,7 +141,9 @@ def load_checkpoint(out: Path) -> Checkpoint:
 
 
 def remove_checkpoint(out: Path) -> None:
-    """Called once the run directory is complete: the checkpoint has nothing left to recover."""
+    """Called once the run directory is complete: the checkpoint has nothing left to recover. Its index goes
+    first, so that a kill midway leaves no checkpoint rather than an index whose state is gone."""
+    (out / CHECKPOINT_DIR / CHECKPOINT_INDEX).unlink(missing_ok=True)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
 

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_json, write_with
-from .checkpoint import has_checkpoint, remove_checkpoint
+from .checkpoint import CHECKPOINT_DIR, CHECKPOINT_INDEX, has_checkpoint, remove_checkpoint
 from .errors import DirscopeError
 from .examples import ExampleImages, png_chunks, write_examples
 from .figures import file_stems, write_figures
@@ -92,9 +93,10 @@ def check_out(
     cache: bool | None = None,
     from_cache: str | Path | None = None,
 ) -> Path:
-    """Check the output directory before any work, deleting nothing: refuse a non-empty one unless ``overwrite``
-    (or ``resume``, which needs a checkpoint there), and probe that it is writable, so a long run never fails at
-    its end.
+    """Check the output directory before any work, deleting no result: refuse a non-empty one unless
+    ``overwrite`` (or ``resume``, which needs a checkpoint there), and probe that it is writable, so a long run
+    never fails at its end. What a kill left behind goes: a finished run's stale checkpoint, and once every
+    check has passed, the temporary files of interrupted writes (see ``remove_partials``).
 
     When the caller says whether the run writes a cache (``cache``) and where it reads one (``from_cache``),
     a new run that does neither with this directory's ``cache/`` is refused while an earlier run's cache is
@@ -102,9 +104,15 @@ def check_out(
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DirscopeError(f"--out {path} is a file; give a directory")
+    finished = _drop_stale_checkpoint(path)
     if resume and not has_checkpoint(path):
-        state = "the run there is complete" if (path / "manifest.json").is_file() else "run without --resume to start"
-        raise DirscopeError(f"no checkpoint to resume in {path}; {state}")
+        if finished or (path / "manifest.json").is_file():
+            raise DirscopeError(f"no checkpoint to resume in {path}: the run there is complete; load it, or pass "
+                                "--overwrite to run it again")  # fmt: skip
+        raise DirscopeError(
+            f"no checkpoint to resume in {path} (a run killed before its first checkpoint leaves none); "
+            "start it again with --overwrite"
+        )
     if not resume and has_checkpoint(path) and not overwrite:
         raise DirscopeError(
             f"{path} holds the checkpoint of an unfinished run; pass --resume to continue it "
@@ -116,6 +124,7 @@ def check_out(
         raise DirscopeError(
             f"{path / 'cache'} holds the activation cache of an earlier run; move it, or pass --cache to replace it"
         )
+    remove_partials(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dirscope-write-test"
@@ -215,11 +224,51 @@ def run_owning(path: Path) -> Path | None:
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds a dirscope run: a finished one (its manifest names the run format) or not."""
+    return has_checkpoint(path) or _is_manifest(path)
+
+
+def _is_manifest(path: Path) -> bool:
+    """Whether ``path`` has the manifest of a finished run (one that names the run format)."""
     try:
         manifest = _read_json(path / "manifest.json")
     except RecursionError:
         manifest = None
-    return has_checkpoint(path) or (isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT)
+    return isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT
+
+
+def _drop_stale_checkpoint(path: Path) -> bool:
+    """Remove the checkpoint of a run that finished (a kill came between its manifest and the checkpoint's
+    removal): its manifest is newer than the checkpoint's index, which a live checkpoint always is, since an
+    earlier run's manifest stays until the new run writes its own. Returns whether it did."""
+    index, manifest = path / CHECKPOINT_DIR / CHECKPOINT_INDEX, path / "manifest.json"
+    try:
+        newer = manifest.stat().st_mtime_ns >= index.stat().st_mtime_ns
+    except OSError:
+        return False
+    stale = newer and _is_manifest(path)
+    if stale:
+        remove_checkpoint(path)
+    return stale
+
+
+# atomic_path's temporary files: mkstemp's ".NAME." + 8 random characters + ".tmp"
+_PARTIAL = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_partials(out: Path) -> None:
+    """Delete the temporary files of writes that a kill interrupted, in a run directory and its own folders
+    (a cache chunk's may be tens of MiB), and a checkpoint folder they leave empty. Called holding the
+    directory's lock, so never a file that another writer is filling."""
+    if not out.is_dir():
+        return
+    found = [p for p in out.glob(".*.tmp") if _PARTIAL.fullmatch(p.name)]
+    for name in sorted(RUN_OWN):
+        if (out / name).is_dir():
+            found += [p for p in (out / name).rglob(".*.tmp") if _PARTIAL.fullmatch(p.name)]
+    for partial in found:
+        partial.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (out / CHECKPOINT_DIR).rmdir()  # only if empty
 
 
 def _holds_cache(out: Path) -> bool:
@@ -340,6 +389,11 @@ def read_run(path: Path) -> Result:
     """Load a run directory, saying exactly what is missing when it is incomplete, and in one line what
     cannot be read when a file is damaged (truncated, emptied, edited by hand)."""
     if not (path / "manifest.json").is_file():
+        if has_checkpoint(path):
+            raise DirscopeError(
+                f"{path} holds an unfinished run (a checkpoint, no manifest.json yet); finish it with "
+                f"`dirscope run ... --resume --out {path}`"
+            )
         raise DirscopeError(f"{path} is not a complete dirscope run (no manifest.json); run `dirscope run` first")
     try:
         return _read_run(path)

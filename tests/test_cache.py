@@ -7,6 +7,7 @@ import io
 import json
 import re
 import zlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -369,7 +370,6 @@ def test_a_cache_without_checksums_is_read_unverified_with_a_warning(cache_dir, 
         (corrupt_truncate, "chunk relu/000000.npy is unreadable"),
         (corrupt_empty, "chunk relu/000000.npy is unreadable"),
         (corrupt_dtype, r"chunk relu/000000.npy holds float32 \[60, 8, 5, 5\], the index says float16"),
-        (corrupt_incomplete, "it is incomplete .* resume that run with --resume"),
         (corrupt_missing, "chunk rows/000000.npy is unreadable"),
     ],
 )
@@ -378,6 +378,82 @@ def test_a_broken_cache_is_one_clear_error(cache_dir, corrupt, message):
     with pytest.raises(DirscopeError, match=f"activation cache .* cannot be used: {message}") as err:
         dirscope.run(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
     assert "\n" not in str(err.value) and "write it again with --cache" in str(err.value)
+
+
+def test_an_incomplete_cache_says_one_clear_instruction(cache_dir):
+    """The two ways out were once two clauses ("resume that run with --resume; write it again with --cache")."""
+    corrupt_incomplete(cache_dir / "cache")
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
+    assert str(err.value) == (
+        f"activation cache {cache_dir / 'cache'} cannot be used: it is incomplete (its run did not finish); "
+        "resume the run that writes it (`dirscope run ... --resume`), or write the cache again with --cache"
+    )
+
+
+DROP = object()  # a key removed from the index
+
+
+def damage(index: Any, where: str, value: Any) -> Any:
+    """``index`` with the item at a dotted path (list positions as numbers) set to ``value`` or dropped; the
+    whole index replaced when ``where`` is empty."""
+    if not where:
+        return value
+    *path, last = [int(part) if part.isdigit() else part for part in where.split(".")]
+    parent = index
+    for part in path:
+        parent = parent[part]
+    if value is DROP:
+        del parent[last]
+    else:
+        parent[last] = value
+    return index
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("", [1], "it must hold a JSON object"),
+        ("", "cache", "it must hold a JSON object"),
+        ("layers", DROP, "layers must be a list"),
+        ("layers", [], "layers must be a non-empty list"),
+        ("layers.1", "tok", r"layers\[1\] must be an object"),
+        ("layers.1.dir", DROP, r"layers\[1\]\.dir must be the name of a folder in the cache"),
+        ("layers.1.dir", "../tok", r"layers\[1\]\.dir must be the name of a folder in the cache"),
+        ("layers.1.dir", "relu", r"layers\[1\]\.dir must be the name of a folder in the cache, unique"),
+        ("layers.2.name", "relu", r"layers\[2\]\.name must be a string, unique"),
+        ("layers.0.shape", "8x5x5", r"layers\[0\]\.shape must be a non-empty list of positive integers"),
+        ("layers.0.feature_axis", 3, r"layers\[0\]\.feature_axis must be an axis of its shape"),
+        ("layers.0.stored", "max", r'layers\[0\]\.stored must be "positions" or "pooled"'),
+        ("layers.0.row_shape", [8], r"layers\[0\]\.row_shape must be its shape when it stores positions"),
+        ("chunks", DROP, "chunks must be a list"),
+        ("chunks.0", "000000.npy", r"chunks\[0\] must be an object"),
+        ("chunks.0.file", "../rows/000000.npy", r"chunks\[0\]\.file must be the name of a \.npy file"),
+        ("chunks.0.rows", "60", r"chunks\[0\]\.rows must be a positive integer"),
+        ("chunks.0.crc32", [1, 2], r"chunks\[0\]\.crc32 must be an object of CRC-32s"),
+        ("chunks.0.crc32.relu", "00ff00ff", r"chunks\[0\]\.crc32 must be an object of CRC-32s"),
+        ("model", "mnist-cnn", "model must be an object"),
+        ("model.weights_sha256", DROP, r"model\.weights_sha256 must be a string"),
+        ("data.spec", None, r"data\.spec must be a string"),
+        ("data.size", DROP, r"data\.size must be an integer or null"),
+        ("data.label_names", "0,1,2", r"data\.label_names must be a list of strings or null"),
+        ("dtype", "float64", "dtype must be float32 or float16"),
+        ("limit", DROP, "limit must be a positive integer or null"),
+        ("complete", "yes", "complete must be true or false"),
+    ],
+)
+def test_a_damaged_index_is_one_line_naming_the_key(cache_dir, where, value, message):
+    """A hand-edited index that is still JSON was a traceback (AttributeError, KeyError) wherever the damaged key
+    was read, or a read outside the cache; its structure is now checked once, where the index is read."""
+    path = cache_dir / "cache" / "index.json"
+    path.write_text(json.dumps(damage(json.loads(path.read_text()), where, value)))
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run(directions="random:2", k=2, from_cache=str(cache_dir), progress=False)
+    expected = (
+        rf"activation cache {re.escape(str(cache_dir / 'cache'))} cannot be used: index\.json: {message}.*; "
+        r"write the cache again with `dirscope run \.\.\. --cache`"
+    )
+    assert re.fullmatch(expected, str(err.value)), str(err.value)
 
 
 @pytest.mark.parametrize(

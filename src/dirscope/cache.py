@@ -52,6 +52,7 @@ from .atomic import write_json, write_with
 from .data import DataSource, load_data
 from .errors import DirscopeError
 from .figures import file_stems
+from .jsoncheck import Rule, first_problem, is_int, list_of
 from .project import positions
 
 CACHE_DIR = "cache"
@@ -197,6 +198,100 @@ def cache_layout(name: str, shape: tuple[int, ...], axis: int, pool: str) -> dic
     }
 
 
+def index_problem(index: Any) -> str | None:
+    """What makes a cache's index unusable, as "KEY must be ...", or None when every key that the reader and
+    :class:`CachedRows` read has its type. Checked once where the index is read, as a run's manifest is (see
+    :func:`dirscope.result.manifest_problem`), so a hand-damaged index is one line there rather than a
+    traceback in whichever step reads the damaged key. Keys nothing reads (``n``, ``pool``, ``batch_size``,
+    a chunk's ``first_index`` and ``batches``) are not checked, and ``crc32`` stays optional (older caches)."""
+    if not isinstance(index, dict):
+        return "it must hold a JSON object"
+    for key, kind, what in [("model", dict, "an object"), ("data", dict, "an object"), ("layers", list, "a list")]:
+        if not isinstance(index.get(key), kind):
+            return f"{key} must be {what}"
+    model, data, layers = index["model"], index["data"], index["layers"]
+    names = data.get("label_names")
+    rules: list[Rule] = [
+        ("complete", isinstance(index.get("complete"), bool), "true or false"),
+        ("model.spec", isinstance(model.get("spec"), str), "a string"),
+        ("model.weights_sha256", isinstance(model.get("weights_sha256"), str), "a string"),
+        ("model.info", isinstance(model.get("info"), (dict, type(None))), "an object or null"),
+        ("data.spec", isinstance(data.get("spec"), str), "a string"),
+        ("data.size", _held_int(data, "size", 0), "an integer or null"),
+        ("data.label_names", names is None or list_of(names, str), "a list of strings or null"),
+        ("data.content", isinstance(data.get("content"), (dict, type(None))), "an object or null"),
+        ("dtype", index.get("dtype") in CACHE_DTYPES, " or ".join(CACHE_DTYPES)),
+        ("limit", _held_int(index, "limit", 1), "a positive integer or null"),
+        ("layers", bool(layers), "a non-empty list"),
+    ]
+    seen: dict[str, set[str]] = {"name": set(), "dir": set(), "file": set()}
+    for i, layer in enumerate(layers):
+        rules += _layer_rules(f"layers[{i}]", layer, seen)
+    chunks = index.get("chunks")
+    rules.append(("chunks", isinstance(chunks, list), "a list"))
+    for i, chunk in enumerate(chunks if isinstance(chunks, list) else []):
+        rules += _chunk_rules(f"chunks[{i}]", chunk, seen)
+    return first_problem(rules)
+
+
+def _layer_rules(where: str, layer: Any, seen: dict[str, set[str]]) -> list[Rule]:
+    """The rules of one index layer; its name and folder go into ``seen``, which a later layer must not repeat."""
+    if not isinstance(layer, dict):
+        return [(where, False, "an object")]
+    name, folder, shape, axis, stored = (layer.get(k) for k in ("name", "dir", "shape", "feature_axis", "stored"))
+    shaped = isinstance(shape, list) and bool(shape) and all(is_int(n, 1) for n in shape)
+    axis_ok = shaped and is_int(axis, 0) and axis < len(shape)
+    row = layer.get("row_shape")
+    exact = isinstance(row, list) and all(is_int(n, 1) for n in row)  # 128.0 == 128, but reshape refuses it
+    row_ok = axis_ok and exact and row == (shape if stored == "positions" else [shape[axis]])
+    return [
+        (f"{where}.name", isinstance(name, str) and bool(name) and _fresh(name, seen["name"]), "a string, unique"),
+        (
+            f"{where}.dir",
+            _file_name(folder) and folder not in (_ROWS, _INDEX) and _fresh(folder, seen["dir"]),
+            f"the name of a folder in the cache, unique and not {_ROWS!r}",
+        ),
+        (f"{where}.shape", shaped, "a non-empty list of positive integers"),
+        (f"{where}.feature_axis", axis_ok, "an axis of its shape (an integer from 0)"),
+        (f"{where}.stored", stored in ("positions", "pooled"), '"positions" or "pooled"'),
+        (f"{where}.row_shape", row_ok, "its shape when it stores positions, else [its number of features]"),
+    ]
+
+
+def _chunk_rules(where: str, chunk: Any, seen: dict[str, set[str]]) -> list[Rule]:
+    """The rules of one index chunk; its file name goes into ``seen``, which a later chunk must not repeat."""
+    if not isinstance(chunk, dict):
+        return [(where, False, "an object")]
+    file, crc = chunk.get("file"), chunk.get("crc32", {})
+    named = _file_name(file) and file.endswith(".npy") and _fresh(file, seen["file"])
+    return [
+        (f"{where}.file", named, "the name of a .npy file, unique"),
+        (f"{where}.rows", is_int(chunk.get("rows"), 1), "a positive integer"),
+        (
+            f"{where}.crc32",
+            isinstance(crc, dict) and all(is_int(v, 0) and v < 2**32 for v in crc.values()),
+            "an object of CRC-32s (integers) by folder, or absent",
+        ),
+    ]
+
+
+def _held_int(record: dict[str, Any], key: str, least: int) -> bool:
+    """Whether ``record`` holds ``key`` (the reader reads it unguarded) as an integer of at least ``least`` or null."""
+    return key in record and (record[key] is None or is_int(record[key], least))
+
+
+def _file_name(value: Any) -> bool:
+    """A plain file name, so that the reader stays inside the cache folder."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "\0" not in value and Path(value).name == value
+
+
+def _fresh(value: str, seen: set[str]) -> bool:
+    """Whether ``value`` was not seen before; it is seen from now on."""
+    fresh = value not in seen
+    seen.add(value)
+    return fresh
+
+
 class CacheReader:
     """A complete cache read back streaming: the engine's source of activations when there is no model."""
 
@@ -204,12 +299,18 @@ class CacheReader:
         self.folder = find_cache(path)
         try:
             self.index = json.loads((self.folder / _INDEX).read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
             raise self._broken(f"its index is unreadable ({exc})") from None
-        if self.index.get("format") != CACHE_FORMAT:
+        if isinstance(self.index, dict) and self.index.get("format") != CACHE_FORMAT:
             raise self._broken(f"its format is {self.index.get('format')!r}, not {CACHE_FORMAT!r}")
-        if not self.index.get("complete"):
-            raise self._broken("it is incomplete (its run did not finish); resume that run with --resume")
+        problem = index_problem(self.index)
+        if problem is not None:
+            raise self._broken(f"{_INDEX}: {problem}", "write the cache again with `dirscope run ... --cache`")
+        if not self.index["complete"]:
+            raise self._broken(
+                "it is incomplete (its run did not finish)",
+                "resume the run that writes it (`dirscope run ... --resume`), or write the cache again with --cache",
+            )
         self.layers = {layer["name"]: layer for layer in self.index["layers"]}
         self._verified: set[tuple[str, str]] = set()  # files already checked: a fit pass and the scan read twice
         self._pending: dict[tuple[str, str], Future[int]] = {}  # CRC-32s being taken in the background

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .errors import DirscopeError
 from .examples import ExampleImages
+from .jsoncheck import Rule, first_problem, is_int, list_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -280,18 +281,18 @@ def manifest_problem(manifest: Any) -> str | None:
         if not isinstance(manifest.get(key), dict):
             return f"{key} must be an object"
     model, data, config = manifest["model"], manifest["data"], manifest["config"]
-    rules: list[tuple[str, bool, str]] = [
+    rules: list[Rule] = [
         ("model.spec", isinstance(model.get("spec"), str), "a string"),
         ("data.spec", isinstance(data.get("spec", ""), str), "a string"),
-        ("data.size", data.get("size") is None or _is_int(data["size"], 0), "an integer or null"),
-        ("data.label_names", _list_of(_or_empty(data.get("label_names")), str), "a list of strings or null"),
+        ("data.size", data.get("size") is None or is_int(data["size"], 0), "an integer or null"),
+        ("data.label_names", list_of(_or_empty(data.get("label_names")), str), "a list of strings or null"),
         ("data.label_counts", _counts(data.get("label_counts")), "an object of integer counts by class or null"),
         ("data.content", isinstance(data.get("content"), (dict, type(None))), "an object or null"),
-        ("config.seed", _is_int(config.get("seed")), "an integer"),
-        ("config.k", _is_int(config.get("k"), 1), "a positive integer"),
+        ("config.seed", is_int(config.get("seed")), "an integer"),
+        ("config.k", is_int(config.get("k"), 1), "a positive integer"),
         ("layers", isinstance(manifest.get("layers"), list) and bool(manifest["layers"]), "a non-empty list"),
         ("n", isinstance(manifest.get("n"), dict), "an object"),
-        ("figures", _list_of(manifest.get("figures", []), str), "a list of strings"),
+        ("figures", list_of(manifest.get("figures", []), str), "a list of strings"),
         ("versions", isinstance(manifest.get("versions", {}), dict), "an object"),
         ("run_id", isinstance(manifest.get("run_id", ""), str), "a string"),
         ("created", isinstance(manifest.get("created", ""), str), "a string"),
@@ -301,14 +302,11 @@ def manifest_problem(manifest: Any) -> str | None:
         rules += _layer_rules(f"layers[{i}]", layer, names)
         if isinstance(layer, dict) and isinstance(layer.get("name"), str):
             name = layer["name"]
-            rules.append((f"n.{name}", _is_int(manifest.get("n", {}).get(name), 0), "an integer (examples scanned)"))
-    for key, ok, what in rules:
-        if not ok:
-            return f"{key} must be {what}"
-    return None
+            rules.append((f"n.{name}", is_int(manifest.get("n", {}).get(name), 0), "an integer (examples scanned)"))
+    return first_problem(rules)
 
 
-def _layer_rules(where: str, layer: Any, names: set[str]) -> list[tuple[str, bool, str]]:
+def _layer_rules(where: str, layer: Any, names: set[str]) -> list[Rule]:
     """The rules of one manifest layer; its name is added to ``names``, which a later layer must not repeat."""
     if not isinstance(layer, dict):
         return [(where, False, "an object")]
@@ -320,28 +318,19 @@ def _layer_rules(where: str, layer: Any, names: set[str]) -> list[tuple[str, boo
     return [
         (f"{where}.name", isinstance(name, str) and bool(name) and fresh, "a non-empty string, unique"),
         (f"{where}.directions_file", inside and file.endswith(".npy"), "a file in directions/ (directions/NAME.npy)"),
-        (f"{where}.dim", _is_int(layer.get("dim"), 1), "a positive integer"),
-        (f"{where}.shape", _list_of(layer.get("shape", []), int), "a list of integers"),
-        (f"{where}.excluded_null_rows", _list_of(_or_empty(layer.get("excluded_null_rows")), int), "a list or null"),
+        (f"{where}.dim", is_int(layer.get("dim"), 1), "a positive integer"),
+        (f"{where}.shape", list_of(layer.get("shape", []), int), "a list of integers"),
+        (f"{where}.excluded_null_rows", list_of(_or_empty(layer.get("excluded_null_rows")), int), "a list or null"),
         (f"{where}.excluded_label_counts", _counts(layer.get("excluded_label_counts")), "an object or null"),
     ]
-
-
-def _is_int(value: Any, least: int | None = None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
 
 
 def _or_empty(value: Any) -> Any:
     return [] if value is None else value
 
 
-def _list_of(value: Any, kind: type) -> bool:
-    """A list whose items are all ``kind`` (bools are not integers here)."""
-    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-
-
 def _counts(value: Any) -> bool:
     """None, or {"CLASS": COUNT} with integer class keys and counts, as the engine writes label counts."""
     return value is None or (
-        isinstance(value, dict) and all(k.lstrip("-").isdigit() and _is_int(v, 0) for k, v in value.items())
+        isinstance(value, dict) and all(k.lstrip("-").isdigit() and is_int(v, 0) for k, v in value.items())
     )

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -197,6 +198,32 @@ def test_a_worker_that_keeps_dying_fails_clearly_and_the_checkpoint_resumes(clus
     assert_same_result(resumed, dirscope.run(Fragile(), data=(x, y), **FRAGILE, progress=False))
 
 
+def always_dying() -> Fragile:
+    """The CLI's python: model for a run whose shard at the sentinel kills its worker every time."""
+    return Fragile("always", os.path.join(os.getcwd(), "died"))
+
+
+def test_a_worker_that_keeps_dying_on_a_cluster_of_its_own_stops_with_one_line(tmp_path):
+    """The driver's output is the one line, with the tries made: no raylet messages, no Ray warnings."""
+    pytest.importorskip("ray")
+    x, y = fragile_data()
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_LOG_TO_DRIVER")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    cli = "import sys; from dirscope import rayscan, cli; rayscan.RETRIES = 1; cli.main(sys.argv[1:])"
+    args = (
+        "run --model python:test_ray:always_dying --layer relu --layer fc --data npz:data.npz --directions basis "
+        "--k 4 --batch-size 10 --out run --no-figures -q --engine ray --ray-address local --ray-workers 1"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", cli, *args.split()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: the Ray task for rows 150-199 failed 2 times (WorkerCrashedError: ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_unsized_source_is_refused(cluster):
     x, y = data(64)
     batches = ((torch.from_numpy(x[i : i + 16]), torch.from_numpy(y[i : i + 16])) for i in range(0, 64, 16))
@@ -220,7 +247,7 @@ RUN = "run --model mnist-cnn --layer fc1 --data npz:nowhere.npz --out unused -q"
     ("extra", "message"),
     [
         ("--engine ray --ray-address 127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
-        ("--engine ray --ray-address nonsense", "is not HOST:PORT, ray://HOST:PORT or auto"),
+        ("--engine ray --ray-address nonsense", "--ray-address 'nonsense' is not HOST:PORT, ray://HOST:PORT, auto or"),
         ("--engine ray --ray-workers 0", "--ray-workers must be at least 1"),
         ("--ray-workers 2", "go with --engine ray"),
         ("--engine ray --cache", "run it without --engine ray"),
@@ -230,6 +257,120 @@ def test_bad_ray_options_are_one_line(tmp_path, monkeypatch, capsys, extra, mess
     pytest.importorskip("ray")
     monkeypatch.chdir(tmp_path)
     assert message in cli_error(f"{RUN} {extra}", capsys)
+
+
+@pytest.fixture
+def no_ray_yet(monkeypatch):
+    """This process has no Ray connection (the module's cluster may be up) and finds nothing to attach to."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    for name in ("RAY_ADDRESS", "RAY_LOG_TO_DRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", "/nonexistent-ray-tmp")  # no `ray start` record
+    return ray
+
+
+def refuse(tried: list):
+    """socket.create_connection where nothing listens, without a real connect."""
+
+    def connect(address, timeout):
+        tried.append(address)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    return connect
+
+
+def test_ray_address_from_the_environment_is_checked_quickly_and_named(no_ray_yet, tmp_path, monkeypatch, capsys):
+    """RAY_ADDRESS is where Ray connects without --ray-address: checked like an explicit address (it hung)."""
+    tried = []
+    monkeypatch.setattr(rayscan.socket, "create_connection", refuse(tried))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    err = cli_error(f"{RUN} --engine ray", capsys)
+    assert "no Ray cluster answers at 127.0.0.1:9 (from RAY_ADDRESS) (Connection refused); " in err
+    assert "unset RAY_ADDRESS or give --ray-address local" in err
+    assert tried == [("127.0.0.1", 9)]
+
+
+def test_a_recorded_ray_start_cluster_is_checked_quickly_and_named(no_ray_yet, tmp_path, monkeypatch, capsys):
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    record.write_text("10.1.2.3:6379")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    tried = []
+    monkeypatch.setattr(rayscan.socket, "create_connection", refuse(tried))
+    monkeypatch.chdir(tmp_path)
+    err = cli_error(f"{RUN} --engine ray", capsys)
+    assert f"no Ray cluster answers at 10.1.2.3:6379 (from the `ray start` cluster recorded in {record})" in err
+    assert tried == [("10.1.2.3", 6379)]
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "recorded", "target", "source"),
+    [
+        (None, None, None, None, ""),  # a new local cluster
+        (None, "10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.1:6379", "RAY_ADDRESS"),
+        ("auto", "10.0.0.1:6379", None, "10.0.0.1:6379", "RAY_ADDRESS"),  # as ray.init(address="auto") does
+        (None, None, "10.0.0.2:6379", "10.0.0.2:6379", "the `ray start` cluster recorded in /r/ray_current_cluster"),
+        ("auto", None, None, "auto", "--ray-address"),  # Ray looks for one itself, or says none runs
+        ("ray://head:10001", "10.0.0.1:6379", "10.0.0.2:6379", "ray://head:10001", "--ray-address"),
+        ("local", "10.0.0.1:6379", "10.0.0.2:6379", "local", "--ray-address"),  # a new local cluster all the same
+        (None, "local", None, "local", "RAY_ADDRESS"),
+    ],
+)
+def test_the_cluster_used_is_the_one_ray_init_would_use(
+    no_ray_yet, monkeypatch, address, env, recorded, target, source
+):
+    if env is not None:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    monkeypatch.setattr(rayscan, "_started_cluster", lambda: recorded and (recorded, "/r/ray_current_cluster"))
+    found = rayscan.ray_target(address)
+    assert (found.address, found.source) == (target, source)
+
+
+class FakeInit:
+    """ray.init's arguments, and what it raises."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error, self.kwargs = error, None
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        if self.error is not None:
+            raise self.error
+
+
+def test_ray_is_connected_as_ray_init_does_quietly_and_the_manifest_names_where(no_ray_yet, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    fake = FakeInit()
+    assert rayscan._connect(fake, None) == (True, "10.0.0.1:6379")
+    assert fake.kwargs["address"] is None  # Ray finds it too, and logs in to a `ray start` cluster it found
+    assert fake.kwargs["log_to_driver"] is False and fake.kwargs["logging_level"] == logging.ERROR
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert rayscan._connect(fake, None) == (True, None)  # a new local cluster
+    assert rayscan._connect(fake, "local") == (True, None)
+    monkeypatch.setenv("RAY_LOG_TO_DRIVER", "1")  # Ray's own switch turns its messages back on
+    rayscan._connect(fake, None)
+    assert fake.kwargs["log_to_driver"] is True and fake.kwargs["logging_level"] == logging.WARNING
+
+
+def test_a_failed_connection_names_the_address_and_its_source(no_ray_yet, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    error = ConnectionError("Could not connect\nto the GCS")
+    with pytest.raises(
+        DirscopeError, match=r"^cannot connect to Ray at 10.0.0.1:6379 \(from RAY_ADDRESS\) \(Could not connect\)$"
+    ):
+        rayscan._connect(FakeInit(error), None)
+
+
+def test_a_sigterm_while_connecting_stops_the_run_instead_of_becoming_an_error(no_ray_yet):
+    """Ray's SIGTERM handler raises SystemExit(15): it used to read 'cannot connect to Ray at ... (15)'."""
+    with pytest.raises(SystemExit) as exit_:
+        rayscan._connect(FakeInit(SystemExit(15)), None)
+    assert exit_.value.code == 15
 
 
 def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
@@ -399,3 +540,61 @@ def test_shards_waiting_for_an_earlier_one_are_bounded_merge_in_order_and_checkp
     assert fake.merged == [start for start, _ in shards]
     assert saved == [50, 100, 120]  # when due, and after the last merge, due or not
     assert fake.most_held <= 2 * 2 - 1  # without the bound, all 11 later shards would wait in memory
+
+
+class DyingShards(SlowFirstShard):
+    """A stand-in for Ray whose shard at row ``start`` fails with the given errors, one per try, then works."""
+
+    def __init__(self, start: int, errors: list[Exception]) -> None:
+        super().__init__()
+        self.exceptions = pytest.importorskip("ray").exceptions
+        self.start, self.errors, self.tries = start, errors, 0
+
+    def remote(self, _task, start: int, stop: int) -> tuple[int, int]:
+        self.tries += start == self.start
+        return (start, stop)
+
+    def wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        return [refs[0]], refs[1:]
+
+    def get(self, ref: tuple[int, int]) -> tuple[int, int]:
+        if ref[0] == self.start and self.errors:
+            raise self.errors.pop(0)
+        return super().get(ref)
+
+    def cancel(self, ref: tuple[int, int], force: bool) -> None:
+        pass
+
+
+def run_dying(monkeypatch, fake: DyingShards) -> None:
+    from dirscope.engine import _Progress
+
+    monkeypatch.setattr(rayscan, "absorb", lambda _plans, _log, shard: fake.merged.append(shard[0]))
+    shards = [(i * 10, i * 10 + 10) for i in range(6)]
+    rayscan._run_shards(fake, fake, None, shards, 2, [], None, _Progress(0, 60, False, None, None))
+
+
+def test_a_shard_whose_worker_died_is_rerun_and_merged_in_order(monkeypatch):
+    exceptions = pytest.importorskip("ray").exceptions
+    fake = DyingShards(20, [exceptions.WorkerCrashedError(), exceptions.NodeDiedError("node gone")])
+    run_dying(monkeypatch, fake)
+    assert fake.tries == 3
+    assert fake.merged == [0, 10, 20, 30, 40, 50]
+
+
+def test_a_shard_that_keeps_dying_fails_with_the_tries_made(monkeypatch):
+    exceptions = pytest.importorskip("ray").exceptions
+    fake = DyingShards(20, [exceptions.WorkerCrashedError() for _ in range(9)])
+    with pytest.raises(DirscopeError, match=r"rows 20-29 failed 4 times \(WorkerCrashedError: The worker died"):
+        run_dying(monkeypatch, fake)
+    assert fake.tries == rayscan.RETRIES + 1 == 4
+
+
+def test_a_failure_ray_would_not_rerun_is_not_counted_as_retried(monkeypatch):
+    """A dead local raylet runs nothing more: one try, and the message says so (it said 4)."""
+    exceptions = pytest.importorskip("ray").exceptions
+    fake = DyingShards(20, [exceptions.LocalRayletDiedError()])
+    with pytest.raises(DirscopeError) as err:
+        run_dying(monkeypatch, fake)
+    assert "rows 20-29 failed on its first try (LocalRayletDiedError: The task's local raylet died." in str(err.value)
+    assert fake.tries == 1

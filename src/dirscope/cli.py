@@ -203,7 +203,8 @@ def cli() -> None:
     "--ray-address",
     default=None,
     metavar="ADDRESS",
-    help="With --engine ray: an existing cluster (ray://HOST:10001, HOST:6379 or auto); default a new local one.",
+    help="With --engine ray: a cluster (ray://HOST:10001, HOST:6379, auto) or local (a new local one); default as "
+    "ray.init: RAY_ADDRESS, else a `ray start` cluster on this machine, else a new local one.",
 )
 @click.option(
     "--ray-workers",

@@ -287,7 +287,8 @@ def run(
     ``autocast="bf16"`` runs the scan's forward passes and projections under ``torch.autocast`` in bfloat16.
     ``engine="ray"`` scans contiguous shards of the rows in Ray tasks (``ray_workers`` at once, default one per
     CPU, or GPU with ``device="cuda"``) on the cluster at ``ray_address`` (default: this process's connection,
-    else a new local cluster) and merges them exactly, in order: the same results as ``engine="local"``.
+    else as ``ray.init``: RAY_ADDRESS, a ``ray start`` cluster here, a new local one; ``"local"``: a new one)
+    and merges them exactly, in order: the same results as ``engine="local"``.
     """
     if cache_dtype is not None and not cache:
         raise DirscopeError(f"--cache-dtype {cache_dtype} needs --cache (it sets the precision of the cache written)")

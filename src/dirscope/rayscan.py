@@ -6,19 +6,21 @@ strings are built again on the worker, Python objects arrive pickled), checks it
 data, scans rows [start, stop) with ``engine._scan``, and returns what a checkpoint stores: the tallies'
 state_dicts, the NaN/inf exclusions (with their labels and null-sample candidates), the label counts and the
 null sample. The driver merges shards in row order as they finish, with ``Tally.merge`` (exact) and
-checkpoints the merged prefix as a local run would.
+checkpoints the merged prefix as a local run would. The driver, not Ray, reruns a shard whose worker or node
+died: Ray does not tell a driver how often it ran a task, and the one-line failure says how often it did.
 Shards are cut only where the local pass starts a batch (multiples of the batch size, or for a cache the
 writing run's batch starts, cut to the batch size), so every shard sees the batches of a single pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +49,10 @@ from .tally import Reservoir, Tally
 # Shards per concurrent task: small enough that a slow or retried shard delays little, large enough that
 # rebuilding the model per shard costs little (see docs/scaling.md).
 SHARDS_PER_WORKER = 4
-# Times Ray reruns a shard whose worker process or node died; the task's own errors are not retried.
+# Times the driver reruns a shard whose worker process or node died; the task's own errors are not retried.
 RETRIES = 3
+# Ray's own variable; set to 1 or true, it turns Ray's worker and raylet messages on the driver back on (_connect).
+LOG_TO_DRIVER = "RAY_LOG_TO_DRIVER"
 PROBE_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'dirscope[ray]'"
 
@@ -88,28 +92,84 @@ class ShardState:
     null: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where ``ray.init`` connects (None: a new local cluster), what named that address, and how to change it."""
+
+    address: str | None
+    source: str
+    fix: str
+
+    def __str__(self) -> str:
+        return "a new local cluster" if self.address in (None, "local") else f"{self.address} (from {self.source})"
+
+
+def ray_target(address: str | None) -> Target:
+    """The cluster a run without a connection of its own uses, found the way ``ray.init`` finds it.
+
+    --ray-address, else RAY_ADDRESS (Ray Jobs set it for their entrypoint), else the cluster ``ray start`` last
+    started on this machine, else a new local cluster; ``local`` asks for a new local cluster whatever is set.
+    Resolved here so every address can be checked quickly and named in the manifest and in errors.
+    """
+    explicit = Target(address, "--ray-address", "start one with `ray start --head` or check --ray-address")
+    if address not in (None, "auto"):
+        return explicit
+    if os.environ.get("RAY_ADDRESS"):  # Ray reads it for address None and auto alike
+        return Target(
+            os.environ["RAY_ADDRESS"],
+            "RAY_ADDRESS",
+            "start one there, or unset RAY_ADDRESS or give --ray-address local for a new local cluster",
+        )
+    recorded = _started_cluster()
+    if recorded is not None:
+        return Target(
+            recorded[0],
+            f"the `ray start` cluster recorded in {recorded[1]}",
+            "`ray stop` forgets it, or give --ray-address local for a new local cluster",
+        )
+    return explicit if address == "auto" else Target(None, "", "")  # auto: Ray looks further, or says none runs
+
+
+def _started_cluster() -> tuple[str, str] | None:
+    """The address ``ray start`` recorded on this machine and the file it is in, as ``ray.init()`` reads it.
+
+    Ray's lookup is private: with a Ray that lacks it, ``ray.init(address=None)`` still finds the cluster, unchecked.
+    """
+    try:
+        from ray._private.services import find_bootstrap_address
+        from ray._private.utils import get_ray_address_file
+    except ImportError:
+        return None
+    try:
+        found = find_bootstrap_address(None)
+    except OSError:  # unreadable: ray.init(address=None) says so
+        return None
+    return (found, get_ray_address_file(None)) if found else None
+
+
 def require_ray(address: str | None) -> None:
     """Fail before any work when Ray is missing or the cluster address does not answer."""
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         raise DirscopeError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
-    if address is not None and address != "auto":
-        _probe(address)
+    if address is None and ray.is_initialized():
+        return  # the run uses this process's connection
+    target = ray_target(address)
+    if target.address not in (None, "auto", "local"):
+        _probe(target)
 
 
-def _probe(address: str) -> None:
+def _probe(target: Target) -> None:
     """A TCP connect with a short timeout: Ray itself waits minutes on an address where nothing listens."""
+    address = str(target.address)
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise DirscopeError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+        raise DirscopeError(f"{target.source} {address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
     try:
         socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise DirscopeError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with `ray start --head` "
-            "or check --ray-address"
-        ) from None
+        raise DirscopeError(f"no Ray cluster answers at {target} ({exc.strerror or exc}); {target.fix}") from None
 
 
 def check_shardable(rows: Rows) -> None:
@@ -169,34 +229,73 @@ def scan_on_ray(
     """
     import ray
 
-    started_here = _connect(ray, job.address)
-    try:
-        width = job.width or _cluster_width(ray, config.device)
-        start, stop = progress.start, progress.total or 0
-        starts = batch_starts(feed, config.batch_size, start, stop)
-        shards = cut_shards(start, stop, config.batch_size, width * SHARDS_PER_WORKER, starts)
-        expect = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
-        layers = [(p.name, p.shape, p.axis, p.directions) for p in plans]
-        task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect, os.getcwd()))
-        gpus = 1 if config.device.startswith("cuda") else 0
-        remote = ray.remote(scan_shard).options(num_cpus=1 - gpus, num_gpus=gpus, max_retries=RETRIES)
-        _run_shards(ray, remote, task, shards, width, plans, log, progress)
-    finally:
-        if started_here:
-            ray.shutdown()
-    return {"name": "ray", "address": job.address, "workers": width, "shards": len(shards)}
+    with _quiet(ray, own=not ray.is_initialized()):  # through ray.shutdown: late messages arrive until then
+        started_here, address = _connect(ray, job.address)
+        try:
+            width = job.width or _cluster_width(ray, config.device)
+            start, stop = progress.start, progress.total or 0
+            starts = batch_starts(feed, config.batch_size, start, stop)
+            shards = cut_shards(start, stop, config.batch_size, width * SHARDS_PER_WORKER, starts)
+            expect = {"model": _model_id(feed), "shapes": feed.shapes, "size": feed.rows.size}
+            layers = [(p.name, p.shape, p.axis, p.directions) for p in plans]
+            task = ray.put(_Task(dataclasses.replace(job, address=None), config, layers, expect, os.getcwd()))
+            gpus = 1 if config.device.startswith("cuda") else 0
+            # max_retries=0: the driver reruns a shard itself (_fetch), so it knows how often it ran
+            remote = ray.remote(scan_shard).options(num_cpus=1 - gpus, num_gpus=gpus, max_retries=0)
+            _run_shards(ray, remote, task, shards, width, plans, log, progress)
+        finally:
+            if started_here:
+                ray.shutdown()
+    return {"name": "ray", "address": address, "workers": width, "shards": len(shards)}
 
 
-def _connect(ray: Any, address: str | None) -> bool:
-    """Use this process's Ray connection if it has one, else connect (or start a local cluster); True if new."""
+def _connect(ray: Any, address: str | None) -> tuple[bool, str | None]:
+    """Use this process's Ray connection if it has one, else connect as ``ray.init`` does (``ray_target`` names it).
+
+    ``address`` goes to ``ray.init`` as given: Ray reads RAY_ADDRESS and its ``ray start`` record itself, and
+    authenticates to a cluster it found on its own (with an explicit address it would not).
+    Returns whether the connection is new, and the address for the manifest (None: a new local cluster).
+    Ray's own messages stay in its log files unless RAY_LOG_TO_DRIVER asks for them: a dying worker's raylet
+    sends the driver a state dump of dozens of lines, and a failed shard is reported in one line (_fetch).
+    """
     if ray.is_initialized():
-        return False
+        return False, address
+    target = ray_target(address)
+    loud = _loud()
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    except (Exception, SystemExit) as exc:  # Ray exits the process when its control store never answers
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING if loud else logging.ERROR,
+            log_to_driver=loud,
+        )
+    except Exception as exc:  # not SystemExit: that is Ray's SIGTERM handler, and the run must stop
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DirscopeError(f"cannot connect to Ray at {address or 'a new local cluster'} ({first})") from None
-    return True
+        raise DirscopeError(f"cannot connect to Ray at {target} ({first})") from None
+    return True, None if target.address in (None, "local") else target.address
+
+
+@contextlib.contextmanager
+def _quiet(ray: Any, own: bool) -> Iterator[None]:
+    """Keep the raylet's error messages (a dying worker's state dump) off a connection this run opens (``own``).
+
+    ``log_to_driver=False`` stops only the workers' output; Ray's debugger turns the rest off with this flag.
+    Another Ray without it, RAY_LOG_TO_DRIVER on, or the caller's own connection: left as it is.
+    """
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if not own or _loud() or not hasattr(worker, "_worker_logs_enabled"):
+        yield
+        return
+    worker._worker_logs_enabled = False
+    try:
+        yield
+    finally:
+        worker._worker_logs_enabled = True
+
+
+def _loud() -> bool:
+    """Ray's own reading of RAY_LOG_TO_DRIVER, which dirscope's default (off) yields to."""
+    return os.environ.get(LOG_TO_DRIVER, "").lower() in ("1", "true")
 
 
 def _cluster_width(ray: Any, device: str) -> int:
@@ -222,17 +321,27 @@ def _run_shards(
     A shard that finishes before an earlier one waits in the driver's memory. No new task starts while
     ``width`` such shards wait, so the driver holds at most 2 x width states however slow one shard is.
     The next shard to merge was submitted before all later ones, so it is always in flight: no deadlock.
+    A shard to rerun (its worker or node died) is submitted again at once, in the place it held.
     """
     todo, pending, finished, merged = list(enumerate(shards))[::-1], {}, {}, 0
+    tries = [0] * len(shards)
+
+    def submit(j: int) -> None:
+        tries[j] += 1
+        pending[remote.remote(task, *shards[j])] = j
+
     bar = tqdm(total=progress.total, initial=progress.start, unit="img", unit_scale=True, disable=not progress.bar)
     with bar:
         while todo or pending:
             while todo and len(pending) < width and len(finished) < width:
-                j, (start, stop) = todo.pop()
-                pending[remote.remote(task, start, stop)] = j
+                submit(todo.pop()[0])
             (ready,), _ = ray.wait(list(pending), num_returns=1)
             j = pending.pop(ready)
-            finished[j] = _fetch(ray, ready, shards[j], list(pending))
+            state = _fetch(ray, ready, shards[j], tries[j], list(pending))
+            if state is None:
+                submit(j)
+                continue
+            finished[j] = state
             while merged in finished:
                 absorb(plans, log, finished.pop(merged))
                 bar.update(shards[merged][1] - shards[merged][0])
@@ -241,8 +350,12 @@ def _run_shards(
                 merged += 1
 
 
-def _fetch(ray: Any, ref: Any, shard: tuple[int, int], others: list[Any]) -> ShardState:
-    """A shard's state; a failure cancels the other tasks and becomes one line (bugs keep their traceback)."""
+def _fetch(ray: Any, ref: Any, shard: tuple[int, int], tries: int, others: list[Any]) -> ShardState | None:
+    """A shard's state, or None to run it again (a lost worker or node, fewer than RETRIES reruns so far).
+
+    Any other failure cancels the other tasks and becomes one line naming the tries made (bugs keep their
+    traceback).
+    """
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
@@ -251,12 +364,24 @@ def _fetch(ray: Any, ref: Any, shard: tuple[int, int], others: list[Any]) -> Sha
             raise DirscopeError(str(exc.cause)) from None
         raise
     except ray.exceptions.RayError as exc:
+        if tries <= RETRIES and isinstance(exc, _rerun_errors(ray)):
+            return None
         _cancel(ray, others)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        times = "on its first try" if tries == 1 else f"{tries} times"
         raise DirscopeError(
-            f"the Ray task for rows {shard[0]}-{shard[1] - 1} failed {RETRIES + 1} times ({type(exc).__name__}: "
-            f"{first}); the last checkpoint in --out stays usable with --resume"
+            f"the Ray task for rows {shard[0]}-{shard[1] - 1} failed {times} ({type(exc).__name__}: {first}); "
+            "the last checkpoint in --out stays usable with --resume"
         ) from None
+
+
+def _rerun_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """What Ray's max_retries reruns: the task's worker or node was lost, or the shard's result with it.
+
+    Not a dead local raylet (nothing can run on this node then), a cancel, or an environment that fails to set up.
+    """
+    errors = ray.exceptions
+    return (errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError, errors.ObjectLostError)
 
 
 def _cancel(ray: Any, refs: list[Any]) -> None:

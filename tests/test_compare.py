@@ -410,3 +410,15 @@ def test_conclusion_groups_pairs_without_difference():
         "(label_purity, kurtosis: smallest p_holm = 0.800)"
     )
     assert conclusion(rows[-2:]).startswith("no detectable difference between units and random directions (")
+
+
+def test_a_quiet_clause_names_units_among_several_families_as_units():
+    """--compare pca:random and pca:basis once read "between pca directions and random or basis directions"."""
+    rows = [
+        {"family_a": "pca", "family_b": b, "metric": "label_purity", "ci_low": -0.1, "ci_high": 0.1, "p_holm": 0.8}
+        for b in ("random", "basis")
+    ]
+    assert conclusion(rows) == (
+        "no detectable difference between pca directions and units or random directions "
+        "(label_purity: smallest p_holm = 0.800)"
+    )

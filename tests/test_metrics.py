@@ -82,6 +82,15 @@ def test_bad_sets_and_pools_fail_clearly():
     assert PURITY.score(np.zeros((0, 3), np.int64), pool).shape == (0,)
 
 
+def test_unknown_labels_outside_the_sets_are_no_error():
+    """A run's pool holds the unknown labels (-1) of partly labelled data; only a set holding one is refused."""
+    pool = {"labels": np.array([0, 1, 1, -1, 2])}
+    assert PURITY.score(np.array([[1, 2], [0, 4]]), pool).tolist() == [1.0, 0.5]
+    assert ENTROPY.score(np.array([[1, 2]]), pool).tolist() == [0.0]
+    with pytest.raises(ValueError, match="unknown label"):
+        PURITY.score(np.array([[0, 3]]), pool)
+
+
 def test_degenerate():
     values = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 2.0], [np.nan, np.nan, np.nan], [-1.5, -1.5, -1.5]])
     assert degenerate(values).tolist() == [True, False, False, True]

@@ -229,6 +229,12 @@ def holm(p_values: ArrayLike) -> np.ndarray:
     return adjusted
 
 
+RECORD_FIELDS = (
+    "layer", "metric", "sign", "family_a", "family_b", "effect", "ci_low", "ci_high", "p_value", "p_holm",
+    "n_a", "n_b", "cliffs_delta", "mean_a", "mean_b", "higher_is_better", "note",
+)  # fmt: skip
+
+
 def to_record(
     layer: str,
     metric: str,
@@ -302,9 +308,9 @@ def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = ALPHA) -> st
             quiet[pair[0]["family_a"], tuple(_metric_name(row, several_signs) for row in pair)].extend(pair)
     for (family_a, _), group in quiet.items():
         others = list(dict.fromkeys(row["family_b"] for row in group))
-        b = _family_long(others[0]) if len(others) == 1 else ", ".join(others[:-1]) + f" or {others[-1]} directions"
         clauses.append(
-            f"no detectable difference between {_family_long(family_a)} and {b} ({_quiet(group, several_signs)})"
+            f"no detectable difference between {_family_long(family_a)} and {_families_long(others)} "
+            f"({_quiet(group, several_signs)})"
         )
     return "; ".join(clauses)
 
@@ -374,6 +380,15 @@ def _family_short(family: str) -> str:
 
 def _family_long(family: str) -> str:
     return "units" if family == "basis" else f"{family} directions"
+
+
+def _families_long(families: list[str]) -> str:
+    """``random, rotation or pca directions``; units by that name, not as "basis directions"."""
+    named = [f for f in families if f != "basis"]
+    if not named:
+        return "units"
+    text = named[0] if len(named) == 1 else ", ".join(named[:-1]) + f" or {named[-1]}"
+    return f"{'units or ' if 'basis' in families else ''}{text} directions"
 
 
 def _places(effect: float, low: float, high: float) -> int:

@@ -48,7 +48,8 @@ class Scores:
 
     ``table`` has one row per (layer, direction, sign, metric): ``sign`` is ``max``/``min`` for the top-k/
     bottom-k set, ``all`` for whole-dataset statistics; ``z`` and ``percentile`` place the score in its null
-    (NaN where there is none); ``degenerate`` marks sets whose k values are all tied.
+    (NaN where there is none); ``degenerate`` marks sets picked by dataset index rather than by the
+    direction (k values all tied, some but not all of its exact zeros, or a constant direction).
     """
 
     table: pd.DataFrame
@@ -118,6 +119,8 @@ def score_run(
     if metrics is None:  # by default, metrics that need larger sets than the run kept are skipped, not fatal
         wanted = _fitting_k(wanted, int(result.manifest["config"]["k"]), notices)
     scored = _gather_pool_data(result, pool, wanted, refs, data, device, notices, strict=references is not None)
+    if metrics is None:  # likewise a null sample smaller than k: the label metrics can still be scored
+        scored = _fitting_null(scored, len(result.null), int(result.manifest["config"]["k"]), notices)
     frames, higher, kinds = [], {}, {}
     cache = NullCache()
     nulls = layer_nulls(result, pool)
@@ -222,6 +225,19 @@ def _fitting_k(names: list[str], k: int, notices: list[str]) -> list[str]:
         else:
             notices.append(f"{name}: skipped, it needs sets of at least {min_k} examples and the run kept k={k}")
     return fit
+
+
+def _fitting_null(scored: list[tuple[str, Metric]], size: int, k: int, notices: list[str]) -> list[tuple[str, Metric]]:
+    """The metrics whose null can draw k-sets: those drawing from the null sample need ``size >= k``."""
+    if size >= k:
+        return scored
+    for label, metric in scored:
+        if metric.null == "pool":
+            notices.append(
+                f"{label}: skipped, its null draws sets of k={k} from the null sample and the run kept {size} rows; "
+                f"run again with --null-sample {k} or more"
+            )
+    return [(label, metric) for label, metric in scored if metric.null != "pool"]
 
 
 def _check_data_spec(data: object) -> None:
@@ -381,7 +397,8 @@ def _score_metric(
                     "score": scores,
                     "z": z,
                     "percentile": pct,
-                    "degenerate": degenerate(values, _zeros(result, str(layer), directions)),
+                    "degenerate": degenerate(values, _zeros(result, str(layer), directions))
+                    | _constant(result, str(layer), directions),
                 }
             )
         )
@@ -392,6 +409,13 @@ def _zeros(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
     """Each direction's exact zeros over the data, from the run's stats."""
     stats = result.stats[result.stats["layer"] == layer].set_index("direction")["zeros"]
     return stats.reindex(directions).to_numpy(np.int64)
+
+
+def _constant(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
+    """Directions with one value over the data (min == max): their sets are picked by index, which a tie
+    within the set cannot show at k = 1."""
+    stats = result.stats[result.stats["layer"] == layer].set_index("direction")
+    return (stats["min"] == stats["max"]).reindex(directions, fill_value=False).to_numpy(bool)
 
 
 def _k_of(group: pd.DataFrame) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .compare import compare_samples, conclusion, differs, format_row, holm, to_record
+from .compare import RECORD_FIELDS, compare_samples, conclusion, differs, format_row, holm, to_record
 from .errors import DirscopeError
 from .scoring import Scores
 from .seeding import numpy_rng
@@ -43,7 +43,8 @@ class Verdict:
         }
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.records)
+        """One row per comparison; with none (e.g. a basis-only run) still the columns, so code can select them."""
+        return pd.DataFrame(self.records, columns=list(RECORD_FIELDS))
 
 
 def family_pair(text: str, families: Collection[str], what: str = "--compare") -> tuple[str, str]:
@@ -92,7 +93,7 @@ def family_pairs(families: Sequence[str], extra: Iterable[tuple[str, str]] = ())
             )
         if a == b:
             raise DirscopeError(f"--compare {a}:{b} compares a family with itself; name two families")
-        if (a, b) not in pairs:
+        if (a, b) not in pairs and (b, a) not in pairs:  # B:A is the same test, counted once by Holm
             pairs.append((a, b))
     return pairs
 

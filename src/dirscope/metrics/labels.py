@@ -13,10 +13,10 @@ def set_label_counts(sets: np.ndarray, pool: Pool) -> np.ndarray:
     Sorting each set's labels and counting runs costs O(M k log k) whatever the number of classes, so
     ImageNet's 1,000 classes cost no more than MNIST's 10.
     """
-    labels = np.asarray(pool["labels"])
-    if labels.size and labels.min() < 0:
+    picked = np.asarray(pool["labels"])[sets]
+    if picked.size and picked.min() < 0:  # only the sets' own labels: a pool may hold unknown labels elsewhere
         raise ValueError("labels must be >= 0; drop examples with unknown label (-1) before scoring")
-    ordered = np.sort(labels[sets], axis=1)
+    ordered = np.sort(picked, axis=1)
     n_sets, k = ordered.shape
     starts = np.ones_like(ordered, dtype=bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]

@@ -838,3 +838,153 @@ def test_browser_study_enter_on_a_focused_button_and_stopping_early(browser, run
     w.check_clean()
     ratings = [a["rating"] for a in json.loads(answers.read_text())["answers"]]
     assert ratings == [4, 3]
+
+
+# ---- figures and plots ------------------------------------------------------------------------------------
+
+
+def test_figures_and_plots_show_dollar_signs_as_text(tmp_path):
+    """Label and family names with "$" were parsed as matplotlib mathtext: "$\\frac$" made the run fail at its
+    figures (and the score at its plots) with a ParseSyntaxException, "$5 to $10" came out as italic maths."""
+    import matplotlib.text
+    import torch
+    from torch import nn
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x=(rng.random((80, 6, 6)) * 255).astype(np.uint8),
+        y=rng.integers(0, 3, 80),
+        label_names=np.array(["cost $5 to $10", "$\\frac$", "a_b^c $x^2$"]),
+    )
+    family_file = tmp_path / "dir$\\frac$.npy"
+    np.save(family_file, rng.normal(size=(3, 6)).astype(np.float32))
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict([("flat", nn.Flatten()), ("fc", nn.Linear(36, 6))]))
+    out = tmp_path / "run"
+    drawn: list[str] = []
+    original = matplotlib.text.Text.draw
+
+    def draw(self, renderer):
+        if "$" in self.get_text() and "mathdefault" not in self.get_text():  # not matplotlib's own tick labels
+            drawn.append(self.get_text())
+            assert not self.get_parse_math(), self.get_text()
+        return original(self, renderer)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.text.Text, "draw", draw)
+        data = f"npz:{tmp_path / 'd.npz'}"
+        dirscope.run(model, ["fc"], data, f"basis,file:{family_file}", k=4, out=out, progress=False, null_sample=40)
+        dirscope.score(out, metrics=["label_purity", "kurtosis"], null_draws=50, n_boot=50, n_perm=50)
+    assert {"fc-side-by-side.png", "scores-fc.png"} <= {p.name for p in (out / "figures").glob("*.png")}
+    assert any("$\\frac$" in t for t in drawn) and any(t.startswith("file:dir$") for t in drawn)
+    assert any("file:dir$" in t for t in drawn if not t.startswith("file:dir$"))  # the plots' tick labels too
+
+
+def test_grid_titles_stay_inside_the_figure_and_clear_of_the_neighbouring_panel():
+    """Row titles longer than the fixed 1.5-inch margin (a file family's name, a tie note) were cut off at the
+    figure's left edge and, in the side-by-side figure, drawn over the left panel's images; a panel title wider
+    than its panel (k=1) was cut off at the right edge."""
+    import matplotlib.pyplot as plt
+
+    from dirscope.figures import GridRow, Panel, render_panels
+
+    img = np.zeros((8, 8), np.uint8)
+    long = "file:sparse_autoencoder_features_layer_fc1"
+    left = Panel("units (natural basis)", [GridRow(f"basis: unit {i}", [img], ["1.0"]) for i in range(2)])
+    right = Panel(long, [GridRow(f"{long} #{i}\n(all tied: order by index)", [img], ["1.0"]) for i in range(2)])
+    for panels in ([right], [left, right]):
+        fig = render_panels(panels, f"fc1 · {long} · top-1 examples")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (ax,) = fig.axes
+        for text in [*ax.texts, *fig.texts]:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, text.get_text()
+        if len(panels) == 2:
+            images_end = ax.transData.transform((8, 0))[0]  # the left panel's one column of 8-pixel images
+            titles = [t for t in ax.texts if t.get_text().startswith(long + " #")]
+            assert titles and all(t.get_window_extent(renderer).x0 > images_end for t in titles)
+        plt.close(fig)
+
+
+def test_study_item_ids_cannot_be_recomputed_from_the_seed_and_the_timestamp(runs, tmp_path):
+    """Item ids hashed only the seed (0 by default), the run's `created` second, the layer and the direction:
+    trying the seconds of one day recovered every item's direction id, and so its family, from study.html."""
+    import hashlib
+
+    from dirscope.result import Result
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["plain"], run)
+    study = make_study(run, per_family=2)
+    manifest = json.loads((run / "manifest.json").read_text())
+    guessable = f"{study.key['seed']}/{manifest['created']}"
+    for item in study.key["items"]:
+        text = f"{guessable}/{item['layer']}/{item['direction']}"
+        assert item["id"] != "i" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    assert make_study(run, per_family=2).key["items"] == study.key["items"]  # still stable for the same run
+    result = Result.load(run)
+    result.manifest["run_id"] = "0" * 32  # another run id
+    result.save(run, overwrite=True, figures=False)
+    assert {it["id"] for it in make_study(run, per_family=2).key["items"]}.isdisjoint(
+        it["id"] for it in study.key["items"]
+    )
+
+
+def test_figure_captions_show_the_labels_the_report_shows(close_run):
+    """Data with labels but no class names (an npz without label_names): the report showed each example's label,
+    the figures showed none."""
+    from dirscope.figures import direction_row
+
+    result = dirscope.load(close_run)
+    data = page_data(write_report(close_run))
+    for d in data["dirs"][:20]:
+        captions = direction_row(result, "fc", d["d"]).captions
+        assert [c.split(" · ")[1] for c in captions] == [label for _, _, label in d["top"]]
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (64, 1)])
+def test_grids_of_strip_shaped_examples_keep_their_texts_apart(shape):
+    """Text-like data ([N, 1, 64] is shown as 1 x 64 strips) drew rows a fraction of a text line high, so every
+    title and caption overlapped; a 64 x 1 strip made each row about 74 inches high."""
+    import matplotlib.pyplot as plt
+
+    from dirscope.figures import GridRow, Panel, render_panels
+
+    img = np.full(shape, 128, np.uint8)
+    rows = [GridRow(f"random #{i}", [img] * 3, ["1.23 · alpha"] * 3) for i in range(4)]
+    fig = render_panels([Panel("random directions", rows)], "fc · random · top-3 examples")
+    assert fig.get_size_inches()[1] < 20  # 4 rows; it was about 300 inches
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in [*fig.axes[0].texts, *fig.texts]]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    plt.close(fig)
+
+
+def test_score_plots_call_only_the_basis_family_units():
+    """A family whose name merely contains "basis" (a directions file pca_basis.npy) was labelled
+    "file:pca_units" on the score plots."""
+    import matplotlib.pyplot as plt
+
+    from dirscope.plots import distributions
+    from dirscope.scoring import Scores
+
+    families = ["basis"] * 3 + ["file:pca_basis"] * 3
+    table = pd.DataFrame(
+        {
+            "layer": "fc",
+            "direction": range(6),
+            "family": families,
+            "sign": "max",
+            "metric": "label_purity",
+            "score": [0.5, 0.6, 0.7, 0.4, 0.5, 0.9],
+            "z": np.nan,
+            "percentile": np.nan,
+            "degenerate": False,
+        }
+    )
+    fig = distributions(Scores(table, {"label_purity": True}, {"label_purity": "coherence"}), "fc", 0)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["units", "file:pca_basis"]
+    plt.close(fig)

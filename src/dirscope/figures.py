@@ -23,7 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from .atomic import write_bytes
 from .errors import DirscopeError
@@ -38,6 +40,8 @@ CAPTION_CHARS = 12  # label characters shown under an image
 MAX_STEM = 96  # characters of a layer or family name in a file name: two of them and a suffix fit in 255 bytes
 _LEFT = 1.5  # row-title margin, inches
 _CELL = 0.9  # inches per image
+_ASPECT = 2  # longest side of an image cell over its shortest
+_RENDERER = RendererAgg(1, 1, 72)  # measures text in points (1/72 inch)
 
 
 @dataclass
@@ -66,13 +70,19 @@ def render_panels(panels: Sequence[Panel], title: str | None = None) -> Figure:
     n_rows = max(len(p.rows) for p in panels)
     n_cols = [max(len(r.images) for r in p.rows) for p in panels]
     cell_w, cell_h = w * (1 + _PAD), h * (1 + _CAPTION + _PAD)
-    gap = cell_w * _LEFT / _CELL  # room for the next panel's row titles
-    total_w = sum(c * cell_w for c in n_cols) + gap * (len(panels) - 1)
+    px = cell_w / _CELL  # mosaic pixels per inch
+    # Long row titles (a file family's name, a tie note) and panel titles wider than their panel need more room
+    # than the fixed margins, or they are cut off at the figure's edge and run into the neighbouring panel.
+    rooms = [max(_LEFT, max(_text_width(r.title, 8) for r in p.rows) + 0.15 * w / px + 0.1) for p in panels]
+    spills = [max(0.0, (_text_width(p.title, 11) - c * cell_w / px) / 2) for p, c in zip(panels, n_cols, strict=True)]
+    gaps = [max(rooms[i + 1], spills[i] + spills[i + 1] + 0.1) * px for i in range(len(panels) - 1)]
+    total_w = sum(c * cell_w for c in n_cols) + sum(gaps)
     mosaic = np.full((int(np.ceil(n_rows * cell_h)), int(np.ceil(total_w)), 3), 255, np.uint8)
     texts: list[tuple[float, float, str, dict]] = []
     x0 = 0.0
-    for panel, cols in zip(panels, n_cols, strict=True):
-        texts.append((x0 + cols * cell_w / 2, -0.35 * h, panel.title, {"ha": "center", "fontsize": 11}))
+    for i, (panel, cols) in enumerate(zip(panels, n_cols, strict=True)):
+        # 0.35 of a cell width: a fixed height above the images, as the scale is set by the width
+        texts.append((x0 + cols * cell_w / 2, -0.35 * w, panel.title, {"ha": "center", "fontsize": 11}))
         for r, row in enumerate(panel.rows):
             y = r * cell_h
             title_x = x0 - 0.15 * w
@@ -88,14 +98,16 @@ def render_panels(panels: Sequence[Panel], title: str | None = None) -> Figure:
                         {"ha": "center", "va": "center", "fontsize": 6},
                     )
                 )
-        x0 += cols * cell_w + gap
+        x0 += cols * cell_w + (gaps[i] if i < len(gaps) else 0.0)
     inch_per_px = _CELL / cell_w
-    width = _LEFT + mosaic.shape[1] * inch_per_px + 0.2
+    left = max(rooms[0], spills[0] + 0.1)
+    width = left + mosaic.shape[1] * inch_per_px + max(0.2, spills[-1] + 0.1)
+    width = max(width, _text_width(title, 12) + 0.4) if title else width
     height = 0.5 + (0.35 if title else 0) + mosaic.shape[0] * inch_per_px
     fig = plt.figure(figsize=(width, height), dpi=100)
     ax = fig.add_axes(
         (
-            _LEFT / width,
+            left / width,
             0.1 / height,
             mosaic.shape[1] * inch_per_px / width,
             mosaic.shape[0] * inch_per_px / height,
@@ -104,9 +116,9 @@ def render_panels(panels: Sequence[Panel], title: str | None = None) -> Figure:
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     for tx, ty, text, kw in texts:
-        ax.text(tx, ty, text, clip_on=False, **kw)
+        ax.text(tx, ty, text, clip_on=False, parse_math=False, **kw)  # a label like "$5 to $10" is text, not TeX
     if title:
-        fig.suptitle(title, fontsize=12, y=1 - 0.1 / height)
+        fig.suptitle(title, fontsize=12, y=1 - 0.1 / height, parse_math=False)
     return fig
 
 
@@ -118,9 +130,19 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _text_width(text: str, fontsize: float) -> float:
+    """Width in inches of the widest line of ``text`` drawn as plain text at ``fontsize`` points."""
+    font = FontProperties(size=fontsize)
+    return max(_RENDERER.get_text_width_height_descent(line, font, ismath=False)[0] for line in text.split("\n")) / 72
+
+
 def _cell_size(panels: Sequence[Panel]) -> tuple[int, int]:
+    """The box every image is centred in: the largest height and width, at most ``_ASPECT`` times as long as
+    wide either way, since the captions, titles and gaps scale with it (a 1 x 64 strip of text-like data made
+    rows so thin that every text overlapped, and a 64 x 1 one a figure metres tall)."""
     shapes = [img.shape[:2] for p in panels for r in p.rows for img in r.images]
-    return max(s[0] for s in shapes), max(s[1] for s in shapes)
+    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    return max(h, -(-w // _ASPECT)), max(w, -(-h // _ASPECT))
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
@@ -153,11 +175,12 @@ def direction_row(result: Result, layer: str, direction: int, sign: str = "max")
     """A grid row of one direction's examples, captioned with value and label."""
     ex = result.examples(layer, direction, sign)
     images, captions = [], []
-    for index, value, name in zip(ex["index"], ex["value"], ex["label_name"], strict=True):
+    for index, value, name, label in zip(ex["index"], ex["value"], ex["label_name"], ex["label"], strict=True):
         img = result.images.get(int(index))
         if img is None:
             continue
         images.append(img)
+        name = label if pd.isna(name) else name  # data without class names: the label itself, as the report shows
         captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {short_label(str(name))}"))
     title = direction_title(result, layer, direction)
     note = tie_note(ex["value"].to_numpy(), _zeros_of(result, layer, direction))

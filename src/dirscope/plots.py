@@ -79,14 +79,24 @@ def distributions(scores: Scores, layer: str, seed: int) -> Figure:
             if values.size:
                 ax.hlines(values.mean(), i - 0.3, i + 0.3, color="black", linewidth=2)
         ax.set_xticks(
-            range(len(families)), [f.replace("basis", "units") for f in families], rotation=30, ha="right", fontsize=8
+            range(len(families)),
+            [_family_label(f) for f in families],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+            parse_math=False,  # names are text: a "$" in a file family's name is no TeX
         )
         if metric == "kurtosis":
             ax.set_yscale("log")  # heavy-tailed units reach hundreds; a Gaussian direction sits at 3
         better = "higher" if scores.higher_is_better[metric] else "lower"
-        ax.set_title(f"{metric}\n({better} = more {_meaning(scores, metric)})", fontsize=9)
-    fig.suptitle(f"{layer}: scores per direction (top-k sets; bars = means)", fontsize=11)
+        ax.set_title(f"{metric}\n({better} = more {_meaning(scores, metric)})", fontsize=9, parse_math=False)
+    fig.suptitle(f"{layer}: scores per direction (top-k sets; bars = means)", fontsize=11, parse_math=False)
     return fig
+
+
+def _family_label(family: str) -> str:
+    """``units`` for the basis family; any other name as it is (``file:pca_basis`` is no unit family)."""
+    return "units" if family == "basis" else family
 
 
 def _meaning(scores: Scores, metric: str) -> str:
@@ -111,8 +121,9 @@ def sweep_figure(scores: Scores, seed: int) -> Figure | None:
             ax.plot(xs, means, marker="o", label=str(layer))
             ax.fill_between(xs, lows, highs, alpha=0.2)
         ax.set_xlabel("rotation power α (0 = units, 1 = random rotation)", fontsize=8)
-        ax.set_title(metric, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(metric, fontsize=9, parse_math=False)
+        for text in ax.legend(fontsize=7).get_texts():
+            text.set_parse_math(False)  # layer names
     fig.suptitle("Rotation sweep: mean score with 95% CI", fontsize=11)
     return fig
 
@@ -136,8 +147,8 @@ def profile_figure(verdict: Verdict) -> Figure | None:
         high = part["ci_high"].astype(float).to_numpy() - effect
         ax.errorbar(x, effect, yerr=[low, high], marker="o", capsize=3)
         ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric}: units − {other}", fontsize=9)
+        ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8, parse_math=False)
+        ax.set_title(f"{metric}: units − {other}", fontsize=9, parse_math=False)
     fig.suptitle("Layer profile: effect with 95% CI (above 0: units score higher)", fontsize=11)
     return fig
 
@@ -160,7 +171,7 @@ def _extremes(result: Result, scores: Scores, layer: str, out_dir: Path, stem: s
     for which in ("most", "least"):
         panels = [
             Panel(
-                f"{family.replace('basis', 'units')}: {which} coherent",
+                f"{_family_label(family)}: {which} coherent",
                 [direction_row(result, layer, d) for d in (order[::-1] if which == "most" else order)[:EXTREME_ROWS]],
             )
             for family, order in ranked.items()

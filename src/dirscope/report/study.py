@@ -159,6 +159,8 @@ def _draw_items(
             items += [{"layer": layer, "direction": int(d), "family": family} for d in sorted(chosen.tolist())]
     order = numpy_rng(seed, "study", "order").permutation(len(items))
     salt = f"{seed}/{result.manifest.get('created', '')}"
+    if result.manifest.get("run_id"):  # a random secret, never in the page: seed and timestamp alone are guessable
+        salt += f"/{result.manifest['run_id']}"
     return [{"id": _item_id(salt, items[i]), **items[i]} for i in order]
 
 

@@ -988,3 +988,36 @@ def test_score_plots_call_only_the_basis_family_units():
     fig = distributions(Scores(table, {"label_purity": True}, {"label_purity": "coherence"}), "fc", 0)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["units", "file:pca_basis"]
     plt.close(fig)
+
+
+def _exhaustive_rank_p(x: np.ndarray, y: np.ndarray) -> float:
+    """The permutation p of |U - E[U]| over every split of the pooled values, ties counted as halves."""
+    pooled, n = np.r_[x, y], len(x)
+
+    def u_of(chosen: list[int]) -> float:
+        rest = np.delete(pooled, chosen)
+        return sum((pooled[i] > b) + 0.5 * (pooled[i] == b) for i in chosen for b in rest)
+
+    centre = n * len(y) / 2
+    observed = abs(u_of(list(range(n))) - centre)
+    us = np.array([u_of(list(c)) for c in itertools.combinations(range(len(pooled)), n)])
+    return float(np.mean(np.abs(us - centre) >= observed - 1e-9))
+
+
+def test_rank_test_p_is_exact_for_tied_ratings():
+    """Mean ratings tie; scipy's p-values assume they do not (0.040 here, the exact p is 0.057)."""
+    x, y = np.array([3.0, 4.0, 4.0, 5.0]), np.array([1.0, 2.0, 2.0, 3.0])
+    per_item = pd.DataFrame({"mean": np.r_[x, y], "family": ["a"] * 4 + ["b"] * 4})
+    (test,) = rank_tests(per_item, ["a", "b"])
+    assert test["p_value"] == pytest.approx(_exhaustive_rank_p(x, y)) == pytest.approx(4 / 70)
+
+
+def test_rank_test_p_of_many_items_is_a_seeded_permutation_estimate():
+    """Beyond RANK_PERMUTATIONS splits (8 vs 8 items: 12,870) the p is drawn, seeded, near the exact one."""
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(2, 6, 8) / 2, rng.integers(1, 5, 8) / 2
+    per_item = pd.DataFrame({"mean": np.r_[x, y], "family": ["a"] * 8 + ["b"] * 8})
+    (test,) = rank_tests(per_item, ["a", "b"], seed=5)
+    exact = _exhaustive_rank_p(x, y)
+    assert 0.001 < exact < 0.999 and abs(test["p_value"] - exact) < 4 * np.sqrt(exact * (1 - exact) / 9999) + 1e-4
+    assert rank_tests(per_item, ["a", "b"], seed=5) == [test] != rank_tests(per_item, ["a", "b"], seed=6)

@@ -119,7 +119,9 @@ def test_report_holds_every_direction_escaped_and_no_remote_reference(runs):
     assert len(data["dirs"]) == 2 * 16
     assert {d["top"][0][2] for d in data["dirs"]} <= set(PAYLOADS)
     assert any(m["metric"] == "label_purity" and m["set"] == "max" for m in data["metrics"])
-    assert data["verdict"]["conclusions"].keys() == {EVIL_LAYER, "relu"}
+    # pairs in the run's layer order: in an object, a browser would put layers named "2" or "10" first
+    assert [layer for layer, _ in data["verdict"]["conclusions"]] == [layer["name"] for layer in data["layers"]]
+    assert {layer["name"] for layer in data["layers"]} == {EVIL_LAYER, "relu"}
     assert set(data["images"]) >= {str(c[0]) for d in data["dirs"] for c in d["top"] + d["bot"]}
 
 
@@ -1021,3 +1023,20 @@ def test_rank_test_p_of_many_items_is_a_seeded_permutation_estimate():
     exact = _exhaustive_rank_p(x, y)
     assert 0.001 < exact < 0.999 and abs(test["p_value"] - exact) < 4 * np.sqrt(exact * (1 - exact) / 9999) + 1e-4
     assert rank_tests(per_item, ["a", "b"], seed=5) == [test] != rank_tests(per_item, ["a", "b"], seed=6)
+
+
+def test_a_constant_directions_top_1_is_noted_as_picked_by_row_in_figures_and_report():
+    """At k = 1 no tie shows within a set, yet a constant direction's example is the lowest row: noted like a tie."""
+    from torch import nn
+
+    from dirscope.figures import direction_row
+
+    x = np.random.default_rng(0).random((30, 1, 4, 4)).astype(np.float32)
+    x[:, 0, 0, 1] = 0.5  # unit 1 of the flattened layer is constant
+    res = dirscope.run(nn.Sequential(nn.Flatten()), ["0"], x, "basis:16", k=1, progress=False)
+    units = res.directions.set_index("unit")["direction"]
+    constant, varying = int(units[1]), int(units[0])
+    assert direction_row(res, "0", constant).title.endswith("(all tied: order by index)")
+    assert "\n" not in direction_row(res, "0", varying).title
+    flags = {d["d"]: d["c"] for d in report_html.report_data(res, {}, [])["dirs"]}
+    assert flags[constant] and not flags[varying]

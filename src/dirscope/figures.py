@@ -183,24 +183,27 @@ def direction_row(result: Result, layer: str, direction: int, sign: str = "max")
         name = label if pd.isna(name) else name  # data without class names: the label itself, as the report shows
         captions.append(f"{value:.3g}" + ("" if pd.isna(name) else f" · {short_label(str(name))}"))
     title = direction_title(result, layer, direction)
-    note = tie_note(ex["value"].to_numpy(), _zeros_of(result, layer, direction))
+    note = tie_note(ex["value"].to_numpy(), *_ties_of(result, layer, direction))
     return GridRow(title if note is None else f"{title}\n({note})", images, captions)
 
 
-def tie_note(values: np.ndarray, zeros: int) -> str | None:
+def tie_note(values: np.ndarray, zeros: int, constant: bool = False) -> str | None:
     """What a set's order says when the dataset index, not the direction, picked its examples (the sets
-    ``metrics.degenerate`` flags): all its values tie, or it holds some of the direction's exact zeros."""
+    scoring flags degenerate): all its values tie (or the direction is ``constant``, which a top-1 cannot
+    show), or it holds some of the direction's exact zeros."""
     held = int(np.count_nonzero(values == 0))
-    if len(values) > 1 and np.all(values == values[0]):
+    if constant or (len(values) > 1 and np.all(values == values[0])):
         return "all tied: order by index"
     if 0 < held < zeros:
         return f"{held} of its {zeros} zeros, by index"
     return None
 
 
-def _zeros_of(result: Result, layer: str, direction: int) -> int:
+def _ties_of(result: Result, layer: str, direction: int) -> tuple[int, bool]:
+    """The direction's exact zeros over the data, and whether it is constant there."""
     stats = result.stats
-    return int(stats.loc[(stats.layer == layer) & (stats.direction == direction), "zeros"].iloc[0])
+    row = stats.loc[(stats.layer == layer) & (stats.direction == direction)].iloc[0]
+    return int(row["zeros"]), bool(row["min"] == row["max"])
 
 
 def short_label(name: str, limit: int = CAPTION_CHARS) -> str:

@@ -91,6 +91,7 @@ def report_data(result: Result, images: dict[int, str], plots: list[dict[str, st
                 "h": _histogram(st),
                 "s": [json_number(st[c], None) for c in STAT_COLUMNS],  # exact: the page sorts on them
                 "z0": int(st["zeros"]),  # exact zeros: a set holding only some of them was padded by row
+                "c": bool(st["min"] == st["max"]),  # constant: even a top-1 is picked by row
                 "m": [json_number(v, None) for v in scores[i]],
                 "z": [json_number(v, None) for v in zs[i]],  # exact: rounded once, where shown
             }
@@ -223,7 +224,9 @@ def _verdict(result: Result) -> dict[str, Any] | None:
         "note",
     )
     records = [{f: r.get(f) for f in fields} for r in result.verdict.records]
-    return {"conclusions": result.verdict.conclusions, "notices": result.verdict.notices, "comparisons": records}
+    # [layer, text] pairs, not an object: browsers put integer-like keys ("2", "10") first, out of layer order
+    conclusions = [[layer, text] for layer, text in result.verdict.conclusions.items()]
+    return {"conclusions": conclusions, "notices": result.verdict.notices, "comparisons": records}
 
 
 def _plots(result: Result, run_dir: Path) -> list[dict[str, str]]:

@@ -41,7 +41,7 @@ function buildOverview() {
       "then `dirscope report RUN_DIR` again."}));
     return;
   }
-  for (const [layer, text] of Object.entries(D.verdict.conclusions)) {
+  for (const [layer, text] of D.verdict.conclusions) {
     sec.append(el("h3", {text: layer}), el("p", {class: "conclusion", text: text}));
     const rows = D.verdict.comparisons.filter((r) => r.layer === layer).map((r) => [
       r.metric, {max: "top-k", min: "bottom-k", all: "all"}[r.sign] || r.sign, r.family_a + " vs " + r.family_b,
@@ -157,11 +157,11 @@ function cells(set) {
   return set.map((c) => ({index: c[0], caption: fmt(c[1]) + (c[2] === null ? "" : " \u00b7 " + c[2])}));
 }
 
-function exampleBlock(name, set, zeros) {
+function exampleBlock(name, set, zeros, constant) {
   const block = el("div", {class: "examples"}, [el("h4", {text: name + "-" + set.length})]);
   block.append(imageGrid(cells(set), IMAGES, false));
   const held = set.filter((c) => c[1] === 0).length;  // as figures.tie_note
-  if (set.length > 1 && set.every((c) => c[1] === set[0][1])) {
+  if (constant || (set.length > 1 && set.every((c) => c[1] === set[0][1]))) {
     block.append(el("p", {class: "note", text: "all tied: ordered by dataset row"}));
   } else if (held > 0 && held < zeros) {
     block.append(el("p", {class: "note", text: held + " of its " + zeros + " exact zeros, picked by dataset row"}));
@@ -179,7 +179,7 @@ function card(d) {
     el("h3", {text: layer + " \u00b7 " + d.t}),
     el("span", {class: "meta", text: "id " + d.d + " \u00b7 family " + D.families[d.f]}),
   ]));
-  node.append(exampleBlock("top", d.top, d.z0), exampleBlock("bottom", d.bot, d.z0));
+  node.append(exampleBlock("top", d.top, d.z0, d.c), exampleBlock("bottom", d.bot, d.z0, d.c));
   const foot = el("div", {class: "foot"}, [histogram(d.h)]);
   foot.append(el("p", {class: "stats", text: D.stats.map((s, i) => s + " " + fmt(d.s[i])).join(" \u00b7 ")}));
   node.append(foot, scoreTable(d));

@@ -148,6 +148,21 @@ def test_figures_api_refuses_no_rows(project, capsys):
         write_figures(dirscope.load(project / "runs/t"), project / "figs", n=-3)
 
 
+def test_figures_of_a_run_without_images_is_one_line(tmp_path, capsys):
+    """It printed nothing and exited 0, as if it had drawn the figures."""
+    from torch import nn
+
+    import dirscope
+
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    dirscope.run(nn.Sequential(nn.Linear(6, 4)), ["0"], x, "basis", k=2, progress=False, out=str(tmp_path / "r"))
+    code, out, err = run_cli(["figures", str(tmp_path / "r")], capsys)
+    assert code == 2 and out == ""
+    assert err == f"error: {tmp_path / 'r'} has no example images (its data is not image-like), so there are no " + (
+        "figures to draw; its examples are in topk.parquet\n"
+    )
+
+
 def test_layers_of_a_model_without_submodules_is_one_line(project, capsys):
     (project / "baremodel.py").write_text(
         textwrap.dedent("""

@@ -444,7 +444,13 @@ def figures(run_dir: Path, rows: int) -> None:
     from .rundir import lock_out
 
     with lock_out(run_dir, create=False):
-        for path in write_figures(Result.load(run_dir), run_dir / "figures", n=rows):
+        result = Result.load(run_dir)
+        if not result.images:
+            raise DirscopeError(
+                f"{run_dir} has no example images (its data is not image-like), so there are no figures to draw; "
+                "its examples are in topk.parquet"
+            )
+        for path in write_figures(result, run_dir / "figures", n=rows):
             click.echo(str(path))
 
 

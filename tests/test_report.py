@@ -214,7 +214,9 @@ def test_study_is_balanced_shuffled_blinded_and_reproducible(runs, tmp_path):
     assert all(re.fullmatch("i[0-9a-f]{10}", it["id"]) for it in items) and len({it["id"] for it in items}) == 12
     assert make_study(run, per_family=3, seed=1).id == study.id
     assert make_study(run, per_family=3, seed=2).id != study.id
-    assert len(make_study(run, per_family=50, layers=["relu"]).key["items"]) == 16  # capped at 8 per family
+    capped = make_study(run, per_family=50, layers=["relu"]).key  # at 8 per family, less those picked by row
+    left = capped.get("left_out", {}).get("relu", {})
+    assert left and len(capped["items"]) == 2 * min(8 - left.get(f, 0) for f in ("basis", "random"))
 
 
 def test_study_with_a_repeated_layer_draws_each_item_once(runs, tmp_path):
@@ -1040,3 +1042,24 @@ def test_a_constant_directions_top_1_is_noted_as_picked_by_row_in_figures_and_re
     assert "\n" not in direction_row(res, "0", varying).title
     flags = {d["d"]: d["c"] for d in report_html.report_data(res, {}, [])["dirs"]}
     assert flags[constant] and not flags[varying]
+
+
+def test_study_leaves_out_grids_picked_by_dataset_row(tmp_path, capsys):
+    """Dead units all show rows 0..k-1: identical grids found only among units told raters the family."""
+    from torch import nn
+
+    x = np.random.default_rng(0).normal(size=(60, 1, 6, 4)).astype(np.float32)
+    x[:, :, :3] = -np.abs(x[:, :, :3])  # units 0-11 of the flattened image are dead after the ReLU
+    run = tmp_path / "r"
+    model = nn.Sequential(nn.Flatten(), nn.ReLU())
+    dirscope.run(model, ["1"], x, "basis,random:8", k=3, progress=False, out=str(run))
+    made = make_study(run, per_family=8)
+    units = {it["direction"] for it in made.key["items"] if it["family"] == "basis"}
+    res = dirscope.load(run)
+    dead = set(res.directions.loc[(res.directions.family == "basis") & (res.directions.unit < 12), "direction"])
+    assert len(units) == 8 and not units & dead
+    assert made.key["left_out"] == {"1": {"basis": 12}}
+    assert len({tuple(res.examples("1", it["direction"])["index"]) for it in made.key["items"]}) == 16
+    capsys.readouterr()
+    main(["study", str(run), "--per-family", "8"])
+    assert "note: 1: left out 12 unit grids picked by dataset row" in capsys.readouterr().err

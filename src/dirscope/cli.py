@@ -531,6 +531,8 @@ def study_make(run_dir: Path, families: str, per_family: int, layers: tuple[str,
     names = [f.strip() for f in families.split(",") if f.strip()]
     made = make_study(run_dir, families=names, per_family=per_family, layers=layers or None, seed=seed, guess=guess)
     click.echo(f"study {made.id}: {len(made.key['items'])} grids ({', '.join(made.key['families'])}, shuffled)")
+    for notice in made.notices:
+        click.echo(f"note: {notice}", err=True)
     click.echo(f"wrote {made.page} (send it to the raters) and {made.key_path} (the key: keep it with the run)")
 
 

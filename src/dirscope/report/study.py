@@ -21,7 +21,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from scipy import stats
 from ..atomic import write_json, write_text
 from ..compare import CONFIDENCE, cliffs_delta, holm, mean_ci
 from ..errors import DirscopeError
+from ..metrics import degenerate
 from ..result import Result
 from ..rundir import read_run, writes_run
 from ..seeding import numpy_rng
@@ -57,6 +58,7 @@ class Study:
     key: dict[str, Any]
     page: Path
     key_path: Path
+    notices: list[str] = field(default_factory=list)
 
 
 @writes_run
@@ -86,7 +88,13 @@ def make_study(
         raise DirscopeError("this run has no example images (the data is not image-like), so it cannot be rated")
     seed = int(result.manifest["config"]["seed"] if seed is None else seed)
     layers = list(dict.fromkeys(layers)) if layers else result.layers  # a repeat would draw the same items twice
-    items = _draw_items(result, layers, families, per_family, seed)
+    ratable, left_out = _ratable(result, layers, families)
+    items = _draw_items(result, layers, families, per_family, seed, ratable)
+    if not items:
+        raise DirscopeError(
+            f"no layer has a ratable grid in every family of {', '.join(families)}: their top-k sets are picked by "
+            "dataset row (dead or constant directions); choose other --layers or --families"
+        )
     key: dict[str, Any] = {
         "format": KEY_FORMAT,
         "run": _run_identity(result.manifest),
@@ -96,6 +104,7 @@ def make_study(
         "seed": seed,
         "guess": guess,
         "items": items,
+        **({"left_out": left_out} if left_out else {}),
     }
     study_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     key = {"format": KEY_FORMAT, "study": study_id, "version": ANSWERS_VERSION, **key}
@@ -117,7 +126,13 @@ def make_study(
     page, key_path = run_dir / "study.html", run_dir / "study.json"
     write_json(key_path, key)
     write_text(page, render_page("study", "dirscope study", data))
-    return Study(study_id, key, page, key_path)
+    notices = [
+        f"{layer}: left out {n} {_family_word(family)} grid{'s' if n > 1 else ''} picked by dataset row, not by the "
+        "direction (all values tied, or padded with its exact zeros), as scoring leaves them out"
+        for layer, counts in left_out.items()
+        for family, n in counts.items()
+    ]
+    return Study(study_id, key, page, key_path, notices)
 
 
 def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +159,15 @@ def _check_run(run_dir: Path, key: dict[str, Any]) -> None:
         )
 
 
-def _draw_items(
-    result: Result, layers: list[str], families: list[str], per_family: int, seed: int
-) -> list[dict[str, Any]]:
-    items = []
+def _ratable(
+    result: Result, layers: list[str], families: list[str]
+) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, dict[str, int]]]:
+    """Per (layer, family) the directions whose top-k grid the direction chose, and how many were left out.
+
+    A dead unit's grid is the first k rows of the data, the same for every such unit and found only among
+    units: shown, identical grids would tell raters which items are units, and rate nothing about a direction.
+    """
+    ratable, left_out = {}, {}
     for layer in layers:
         present = result.families(layer)  # also checks that the layer exists
         missing = [f for f in families if f not in present]
@@ -155,9 +175,37 @@ def _draw_items(
             raise DirscopeError(
                 f"layer {layer!r} has no family {missing[0]!r}; it has {', '.join(present)} (choose with --families)"
             )
-        n = min(per_family, *(len(result.rows_of(layer, f)) for f in families))
         for family in families:
-            chosen = numpy_rng(seed, "study", layer, family).choice(result.rows_of(layer, family), n, replace=False)
+            rows = result.rows_of(layer, family)
+            keep = ~_picked_by_row(result, layer, rows)
+            ratable[layer, family] = rows[keep]
+            if not keep.all():
+                left_out.setdefault(layer, {})[family] = int((~keep).sum())
+    return ratable, left_out
+
+
+def _picked_by_row(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
+    """bool per direction: its top-k set is degenerate as scoring defines it (ties, padding zeros, constant)."""
+    top = result.topk[(result.topk["layer"] == layer) & (result.topk["sign"] == "max")]
+    values = top.sort_values(["direction", "rank"]).groupby("direction")["value"].apply(list)
+    stats = result.stats[result.stats["layer"] == layer].set_index("direction").reindex(directions)
+    flagged = degenerate(np.array([values[d] for d in directions], np.float64), stats["zeros"].to_numpy(np.int64))
+    return flagged | (stats["min"] == stats["max"]).to_numpy(bool)
+
+
+def _draw_items(
+    result: Result,
+    layers: list[str],
+    families: list[str],
+    per_family: int,
+    seed: int,
+    ratable: dict[tuple[str, str], np.ndarray],
+) -> list[dict[str, Any]]:
+    items = []
+    for layer in layers:
+        n = min(per_family, *(len(ratable[layer, f]) for f in families))
+        for family in families:
+            chosen = numpy_rng(seed, "study", layer, family).choice(ratable[layer, family], n, replace=False)
             items += [{"layer": layer, "direction": int(d), "family": family} for d in sorted(chosen.tolist())]
     order = numpy_rng(seed, "study", "order").permutation(len(items))
     salt = f"{seed}/{result.manifest.get('created', '')}"

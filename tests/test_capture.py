@@ -133,6 +133,51 @@ def test_wrong_input_shape_is_one_line():
     assert "\n" not in str(info.value)
 
 
+def test_a_layer_returning_a_dict_gives_its_first_tensor():
+    """Blocks that return dicts (Hugging Face's ModelOutput is an OrderedDict) are hookable like tuples."""
+
+    class Block(nn.Module):
+        def forward(self, x):
+            return {"mask": None, "hidden": x * 2, "attn": x * 3}
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x)["hidden"].sum()
+
+    x = torch.arange(6.0).reshape(2, 3)
+    assert [(i.name, i.shape) for i in list_layers(Outer(), x)] == [("block", (3,))]
+    with Capture(Outer(), ["block"]) as cap:
+        assert torch.equal(cap.run(x)["block"], x * 2)
+
+
+def test_a_failing_input_assert_is_one_line():
+    """Models (timm's among them) check input shapes with ``assert``; that is a user's error, not a traceback."""
+
+    class Checks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            assert x.shape[-1] == 8, f"Input width ({x.shape[-1]}) doesn't match model (8)."
+            return self.fc(x)
+
+    with pytest.raises(DirscopeError, match=r"cannot take inputs of shape \[4\].*Input width \(4\)") as info:
+        list_layers(Checks(), torch.zeros(2, 4))
+    assert "\n" not in str(info.value)
+
+
+def test_a_float64_model_is_told_to_convert_not_blamed_on_the_shape():
+    with pytest.raises(DirscopeError, match=r"has torch.float64 weights but its inputs are torch.float32.*\.float\(\)"):
+        list_layers(nn.Sequential(nn.Linear(8, 2)).double(), torch.zeros(2, 8))
+    with pytest.raises(DirscopeError, match=r"cannot take inputs of shape \[7\]"):  # a float32 model: the shape
+        list_layers(nn.Sequential(nn.Linear(8, 2)), torch.zeros(2, 7))
+
+
 def test_all_means_every_leaf_that_computes_something():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.1), nn.Linear(8, 3))
     assert resolve_layers(net, ["all"]) == ["0", "1", "4"]

@@ -149,6 +149,20 @@ def test_npz_with_labels_and_names(tmp_path):
     assert src.images_at(np.array([1]))[0].shape == (4, 4)
 
 
+def test_npz_bytes_label_names_are_decoded(tmp_path):
+    """Names saved as bytes (np.array([b"cat"]), strings from h5py) read as text, not as "b'cat'"."""
+    path = save_npz(
+        tmp_path, x=np.zeros((2, 3), np.float32), y=np.array([0, 1]), label_names=np.array([b"cat", b"dog"])
+    )
+    assert load_data(f"npz:{path}").label_names == ["cat", "dog"]
+
+
+def test_labels_below_minus_one_are_refused_not_read_as_unknown():
+    with pytest.raises(DirscopeError, match=r"has label -2; labels must be class indices"):
+        ArraySource(np.zeros((3, 2), np.float32), np.array([0, -2, 1]))
+    assert ArraySource(np.zeros((2, 2), np.float32), np.array([-1, 0])).labels_at(np.array([0])).tolist() == [-1]
+
+
 def test_npz_errors(tmp_path):
     cases = {
         "missing": (str(tmp_path / "nope.npz"), ["no such file"]),

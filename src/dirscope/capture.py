@@ -8,7 +8,7 @@ take no hooks (torch refuses them), so their one layer is the model's output, na
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +50,12 @@ class _AllCaptured(Exception):
 
 
 def first_tensor(output: object) -> torch.Tensor | None:
-    """The activation a hook sees: the output tensor, or the first tensor of a tuple/list output."""
+    """The activation a hook sees: the output tensor, or the first tensor of a tuple/list output, or of a dict's
+    values (Hugging Face's ``ModelOutput`` is one: its first value is ``last_hidden_state``)."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
+    if isinstance(output, (tuple, list, Mapping)):
+        for item in output.values() if isinstance(output, Mapping) else output:
             if isinstance(item, torch.Tensor):
                 return item
     return None
@@ -122,11 +123,27 @@ def forward(module: nn.Module, x: torch.Tensor, what: str = "the model", batch: 
         return None
     except torch.OutOfMemoryError:
         raise DirscopeError(f"out of memory running {what} on a batch of {x.shape[0]}; lower --batch-size") from None
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        # AssertionError: many models check their input shape with ``assert`` (timm's ``_assert`` included).
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        other = _other_weight_dtype(module, x)
+        if other is not None:
+            raise DirscopeError(
+                f"{what} has {other} weights but its inputs are {x.dtype} ({first}); "
+                "convert the model with .float() before giving it to dirscope"
+            ) from None
         raise DirscopeError(
             f"{what} cannot take inputs of shape {list(x.shape[1:])} ({batch} of {x.shape[0]}): {first}"
         ) from None
+
+
+def _other_weight_dtype(module: nn.Module, x: torch.Tensor) -> torch.dtype | None:
+    """The floating dtype of the model's weights when it differs from the inputs', the likely cause of a failure
+    that the input shape would only obscure (a ``.double()`` model fed float32)."""
+    if not x.is_floating_point() or torch.is_autocast_enabled():
+        return None
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 and x.dtype not in dtypes else None
 
 
 def list_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:

@@ -67,6 +67,10 @@ def check_labels(y: object, n: int, what: str) -> np.ndarray:
         shape = getattr(y, "shape", None)
         dtype = getattr(y, "dtype", type(y).__name__)
         raise DirscopeError(f"{what} must be integer labels of shape ({n},), one per example; got {shape} {dtype}")
+    if len(labels) and labels.min() < -1:  # -1 marks an unknown label; anything lower would silently be one too
+        raise DirscopeError(
+            f"{what} has label {int(labels.min())}; labels must be class indices 0, 1, ... (-1 for unknown)"
+        )
     return labels
 
 
@@ -74,7 +78,8 @@ def check_label_names(names: Sequence[str] | np.ndarray | None, y: np.ndarray | 
     """Label names as a list of strings that covers every label in ``y``."""
     if names is None:
         return None
-    names = [str(n) for n in np.asarray(names).reshape(-1)]
+    # Bytes (np.array([b"cat"]), h5py's strings) are decoded: str() would give "b'cat'".
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in np.asarray(names).reshape(-1)]
     if y is not None and len(y) and int(y.max()) >= len(names):
         raise DirscopeError(f"{what}: label {int(y.max())} has no name ({len(names)} label_names given)")
     return names

@@ -89,11 +89,18 @@ def test_array_source_feeds_floats_as_they_are():
     assert src.images_at(np.array([0])) is None
 
 
-@pytest.mark.parametrize("dtype", [np.bool_, np.int64, np.int8, np.complex64])
+@pytest.mark.parametrize("dtype", [np.bool_, np.complex64, np.object_])
 def test_array_source_rejects_other_dtypes(dtype):
     with pytest.raises(DirscopeError) as exc:
         ArraySource(np.zeros((2, 3), dtype=dtype))
     one_line_error(exc, str(np.dtype(dtype)), "uint8", "float32")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint16, np.int64])
+def test_array_source_takes_other_integers_as_int64_token_ids(dtype):
+    src = ArraySource(np.arange(6, dtype=dtype).reshape(2, 3))
+    (batch,) = src.batches(4)
+    assert batch.x.dtype == torch.int64 and batch.x.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_array_source_rejects_empty_and_bad_labels():
@@ -176,9 +183,9 @@ def test_npz_errors(tmp_path):
             ["integer labels"],
         ),
         "bool x": (save_npz(tmp_path, "b.npz", x=np.zeros((2, 2), bool)), ["dtype bool", "accepted dtypes"]),
-        "int x": (
-            save_npz(tmp_path, "i.npz", x=np.zeros((2, 2), np.int32)),
-            ["dtype int32", "accepted dtypes"],
+        "complex x": (
+            save_npz(tmp_path, "c.npz", x=np.zeros((2, 2), np.complex64)),
+            ["dtype complex64", "accepted dtypes"],
         ),
         "object": (
             save_npz(tmp_path, "o.npz", x=np.zeros((2, 2)), label_names=np.array(["a", 1], dtype=object)),
@@ -1007,3 +1014,39 @@ def test_a_data_home_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("DIRSCOPE_HOME", str(tmp_path / "home"))
     with pytest.raises(DirscopeError, match="is a file; point DIRSCOPE_HOME at a folder"):
         fetch.fetch("mnist", quiet=True)
+
+
+class TokenModel(torch.nn.Module):
+    """A small text model: token ids through an embedding and a transformer layer, as a text corpus needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(50, 16)
+        self.block = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.block(self.embed(ids))
+
+
+def test_integer_npz_inputs_are_token_ids_fed_as_int64(tmp_path):
+    """Integer x was refused, so no data source could feed a model that starts with an embedding."""
+    import dirscope
+
+    ids = np.random.default_rng(0).integers(0, 50, (40, 7)).astype(np.int32)
+    path = save_npz(tmp_path, "tokens.npz", x=ids, y=np.arange(40) % 3)
+    source = DATA.build(f"npz:{path}")
+    (batch,) = source.batches(64)
+    assert batch.x.dtype == torch.int64 and torch.equal(batch.x, torch.from_numpy(ids.astype(np.int64)))
+    assert source.images_at(np.arange(3)) is None  # token ids are not drawn as pixels
+    model = TokenModel().eval()
+    res = dirscope.run(model, ["block"], f"npz:{path}", "basis", k=3, progress=False)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(ids.astype(np.int64))).amax(dim=1).numpy()  # [N, D], max over tokens
+    top = res.topk[res.topk.sign == "max"].sort_values(["direction", "rank"])
+    for direction, rows in top.groupby("direction"):
+        unit = int(res.directions.set_index("direction").loc[direction, "unit"])
+        order = np.argsort(-expected[:, unit], kind="stable")[:3]
+        np.testing.assert_array_equal(rows["index"], order)
+        np.testing.assert_allclose(rows["value"], expected[order, unit], rtol=1e-5, atol=1e-6)
+    assert not res.images

@@ -10,16 +10,20 @@ import torch
 from ..errors import DirscopeError
 from .base import Batch, DataSource, to_display_images
 
-ACCEPTED_DTYPES = "uint8 (scaled to [0,1]) or float16/float32/float64 (fed to the model as float32)"
+ACCEPTED_DTYPES = (
+    "uint8 (scaled to [0,1]), float16/float32/float64 (fed to the model as float32), or other integers "
+    "(token ids, fed as int64)"
+)
 # Bytes of example images converted at once: numpy works per call, not per image, and a chunk this small
 # reuses the allocator's memory instead of faulting in fresh pages for every copy.
 _DISPLAY_CHUNK_BYTES = 8 << 20
 
 
 def input_array(a: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
-    """Model inputs [N, ...] as uint8 (kept compact, scaled per batch) or float32, else a one-line error.
+    """Model inputs [N, ...] as uint8 (kept compact, scaled per batch), float32 or int64, else a one-line error.
 
-    Floats are fed as they are, only cast to float32: normalisation is the model's business.
+    Floats are fed as they are, only cast to float32: normalisation is the model's business. Any other integer
+    array is token ids for a model that starts with an embedding (a text corpus), fed as int64 and never drawn.
     """
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu()
@@ -32,11 +36,15 @@ def input_array(a: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
         return a
     if np.issubdtype(a.dtype, np.floating):
         return a.astype(np.float32, copy=False)
+    if np.issubdtype(a.dtype, np.integer):
+        if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+            raise DirscopeError(f"{what} holds token ids beyond int64; token ids must fit torch.long")
+        return a.astype(np.int64, copy=False)
     raise DirscopeError(f"{what} has dtype {a.dtype}; accepted dtypes: {ACCEPTED_DTYPES}")
 
 
 def to_tensor(rows: np.ndarray) -> torch.Tensor:
-    """A float32 batch for the model from uint8 or float32 rows."""
+    """A batch for the model: float32 from uint8 or float32 rows, int64 (token ids) from int64 rows."""
     t = torch.from_numpy(np.ascontiguousarray(rows))
     return t.float().div_(255.0) if rows.dtype == np.uint8 else t
 

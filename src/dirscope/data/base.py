@@ -97,6 +97,8 @@ def to_display_images(stack: np.ndarray, overwrite: bool = False) -> list[np.nda
 
     ``overwrite=True`` lets a float32 ``stack`` serve as the scratch space, saving a copy.
     """
+    if np.issubdtype(stack.dtype, np.integer) and stack.dtype != np.uint8:
+        return None  # token ids, not pixels
     img = stack if stack.dtype == np.uint8 else _scaled_to_uint8(stack, overwrite)
     if img.ndim == 4 and img.shape[1] in (1, 3) and img.shape[-1] not in (1, 3):
         img = np.ascontiguousarray(np.moveaxis(img, 1, -1))  # one transposing copy; each row is then contiguous

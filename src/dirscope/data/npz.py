@@ -17,7 +17,8 @@ HOW = "save arrays with np.savez(PATH, x=inputs, y=labels)"
 
 @DATA.register(
     "npz",
-    help="arrays in an .npz: x [N,...] (uint8 scaled to [0,1], floats as float32), optional y, label_names",
+    help="arrays in an .npz: x [N,...] (uint8 scaled to [0,1], floats as float32, other integers as int64 token ids), "
+    "optional y, label_names",
     takes_arg=True,
 )
 def build_npz(arg: str, *, preprocess: Preprocess | None = None) -> DataSource:

@@ -83,7 +83,8 @@ def split_item(item: object) -> tuple[object, int | None]:
 
 
 def collate_items(items: Sequence[object]) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Stack dataset items into model inputs (uint8 scaled to [0,1]) and labels (-1 where unknown)."""
+    """Stack dataset items into model inputs (uint8 scaled to [0,1], integers as int64 token ids) and labels (-1
+    where unknown)."""
     xs, ys = zip(*(split_item(item) for item in items), strict=True)
     try:
         x = torch.stack([torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v) for v in xs])

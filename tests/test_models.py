@@ -272,6 +272,18 @@ def test_wrong_weights_name_the_keys(tmp_path) -> None:
     assert msg.endswith(f"run `dirscope train mnist-cnn --out {path}` to recreate it")
 
 
+def test_a_checkpoint_trained_as_a_builtin_of_the_same_architecture_is_named(tmp_path) -> None:
+    """A fashion-cnn checkpoint loaded as mnist-cnn (same weights' shapes) loaded silently with digit class names."""
+    path = save_checkpoint(MnistCNN(), tmp_path / "f.safetensors", {"model": "fashion-cnn", "architecture": "MnistCNN"})
+    with pytest.raises(DirscopeError) as err:
+        load_model(f"mnist-cnn:{path}")
+    assert str(err.value) == (
+        f"checkpoint {path} was trained as fashion-cnn, not mnist-cnn, whose class names it would get; "
+        f"use --model fashion-cnn:{path}"
+    )
+    assert load_model(f"fashion-cnn:{path}").label_names[0] == "T-shirt/top"
+
+
 def test_a_checkpoint_of_another_builtin_is_named_not_retrained(tmp_path) -> None:
     """Retraining to the same path, as the hint used to say, would replace a good checkpoint of another model."""
     cnn = save_checkpoint(MnistCNN(), tmp_path / "my.safetensors", {"model": "mnist-cnn", "architecture": "MnistCNN"})

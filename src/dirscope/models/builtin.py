@@ -122,6 +122,12 @@ def load_builtin(name: str, path: str | Path | None = None) -> LoadedModel:
     if problems:
         fix = misfit_fix(name, str(path), state, metadata, hint)
         raise DirscopeError(f"checkpoint {ckpt} does not fit {builtin.architecture}: {'; '.join(problems)}; {fix}")
+    trained_for = metadata.get("model", "")
+    if trained_for in BUILTINS and trained_for != name:  # same architecture, other data: its labels would be wrong
+        raise DirscopeError(
+            f"checkpoint {ckpt} was trained as {trained_for}, not {name}, whose class names it would get; "
+            f"use --model {trained_for}:{path}"
+        )
     module.load_state_dict(state, strict=True)
     info = {
         **metadata,

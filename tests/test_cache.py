@@ -460,7 +460,10 @@ def test_a_damaged_index_is_one_line_naming_the_key(cache_dir, where, value, mes
     ("kwargs", "message"),
     [
         (dict(layers=["conv"]), r"layer 'conv' is not in the cache .* \(has: relu, tok, head\)"),
-        (dict(pool="mean", from_cache="OUT"), "holds mean-pooled activations of layer 'relu'; --pool max needs"),
+        (
+            dict(pool="mean", from_cache="OUT"),
+            "holds mean-pooled activations of layer 'relu'; --pool max needs every position, so pass --pool mean",
+        ),
         (dict(from_cache="nowhere"), "no activation cache in nowhere"),
         (dict(model="mnist-cnn"), "give --model or --from-cache, not both"),
         (dict(cache=True, out="x"), "--cache with --from-cache would only copy the cache"),

@@ -163,6 +163,27 @@ def test_figures_of_a_run_without_images_is_one_line(tmp_path, capsys):
     )
 
 
+def test_layers_of_a_text_model_keep_their_columns_and_probe_with_token_ids(project, capsys):
+    """TransformerEncoderLayer's and out_proj's class names are longer than the type column was."""
+    (project / "textmodel.py").write_text(
+        textwrap.dedent("""
+            import torch
+
+            def build():
+                torch.manual_seed(0)
+                return torch.nn.Sequential(
+                    torch.nn.Embedding(20, 8), torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+                )
+        """)
+    )
+    code, out, err = run_cli(["layers", "python:textmodel:build", "--input-shape", "6"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    column = lines[0].index("output (per example)")
+    assert all(line[column:].startswith(("[6, ", "did not run")) for line in lines[1:-1]), out
+    assert "1.self_attn.out_proj" in out and "did not run" in out
+
+
 def test_layers_of_a_model_without_submodules_is_one_line(project, capsys):
     (project / "baremodel.py").write_text(
         textwrap.dedent("""

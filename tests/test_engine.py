@@ -850,3 +850,73 @@ def test_data_without_the_models_channel_axis_is_told_to_add_it():
         "; the model takes [1, 28, 28] per example: add the channel axis to the data (x[:, None] for an array x of "
         "shape [N, ...])"
     )
+
+
+class TokenNet(nn.Module):
+    """A small text model: an embedding, then a transformer block whose attention's out_proj never runs as a
+    module (the block reads its weights directly), then a ReLU applied twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 8)
+        self.block = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return self.relu(self.fc(self.relu(self.block(self.embed(ids)))))
+
+
+def token_data(n: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 20, size=(n, 6)), rng.integers(0, 3, size=n)
+
+
+def test_token_model_topk_is_the_brute_force_max_over_tokens():
+    x, y = token_data()
+    model = TokenNet().eval()
+    res = dirscope.run(model, ["block", "fc"], (torch.from_numpy(x), y), "basis,random:3", k=4, progress=False)
+    outputs: dict[str, torch.Tensor] = {}
+    for name in ("block", "fc"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, o))
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for layer in ("block", "fc"):
+        values = (outputs[layer].double().numpy() @ res.vectors(layer).astype(np.float64).T).max(1)  # [N, K]
+        for sign, descending in (("max", True), ("min", False)):
+            rows = res.topk[(res.topk["layer"] == layer) & (res.topk["sign"] == sign)]
+            got = rows.sort_values(["direction", "rank"])
+            want = brute_topk(values, 4, descending)
+            np.testing.assert_array_equal(got["index"].to_numpy().reshape(want.shape), want)
+            np.testing.assert_array_equal(got["label"].to_numpy().reshape(want.shape), y[want])
+
+
+def test_layer_all_leaves_out_layers_that_do_not_run_once_per_forward(capsys):
+    x, y = token_data()
+    res = dirscope.run(TokenNet(), "all", (x, y), "basis:2", k=2, progress=False)
+    layers = [layer["name"] for layer in res.manifest["layers"]]
+    assert "block.self_attn.out_proj" not in layers and "relu" not in layers
+    assert {"embed", "block.linear1", "fc"} <= set(layers)
+    err = capsys.readouterr().err
+    assert "--layer all leaves out 2 layers that do not run exactly once per forward" in err
+    assert "block.self_attn.out_proj, relu" in err
+    with pytest.raises(DirscopeError, match="runs 2 times per forward pass"):  # named, it is still refused
+        dirscope.run(TokenNet(), ["relu"], (x, y), "basis:2", k=2, progress=False)
+
+
+def test_token_ids_stored_as_uint8_are_told_to_be_stored_as_another_integer_type():
+    x, y = token_data()
+    with pytest.raises(DirscopeError) as err:
+        dirscope.run(TokenNet(), ["fc"], (x.astype(np.uint8), y), "basis", k=2, progress=False)
+    assert str(err.value).endswith(
+        "; the model starts with an embedding, which takes token ids: store them as an integer array other than "
+        "uint8 (uint8 is read as pixels and scaled to [0, 1]), e.g. x.astype(np.int64)"
+    )
+    with pytest.raises(DirscopeError, match="the model starts with an embedding, which takes token ids"):
+        dirscope.describe_layers(TokenNet(), data=x.astype(np.uint8))
+
+
+def test_describe_layers_of_a_model_that_starts_with_an_embedding_probes_with_token_ids():
+    infos = {i.name: i for i in dirscope.describe_layers(TokenNet(), input_shape=(6,))}
+    assert infos["block"].shape == (6, 8) and infos["block.self_attn.out_proj"].calls == 0

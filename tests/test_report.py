@@ -535,6 +535,27 @@ def test_browser_report_without_scores(browser, runs):
     w.check_clean()
 
 
+def test_browser_report_cards_without_images_name_the_examples_dataset_rows(browser, tmp_path):
+    """Token ids are never drawn: a card's example cells must then say which rows they are, with value and label."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 8))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, size=(40, 5)), rng.integers(0, 2, 40)
+    res = dirscope.run(model, ["1"], (x, y), "basis:2", k=3, progress=False, out=str(tmp_path / "r"))
+    w = open_page(browser, write_report(tmp_path / "r"))
+    w.page.click("#tabs button[data-tab=directions]")
+    first = w.page.locator(".card").first
+    direction = int(first.get_attribute("data-direction"))
+    top = res.examples("1", direction, "max")
+    assert first.locator(".examples").first.locator(".noimg").all_inner_texts() == [f"row {i}" for i in top["index"]]
+    captions = first.locator(".examples").first.locator("figcaption").all_inner_texts()
+    assert [c.split(" \u00b7 ")[1] for c in captions] == [str(v) for v in top["label"]]
+    w.check_clean()
+
+
 def test_browser_blinded_session_survives_reload_and_exports_scorable_answers(browser, runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs["scored"], run)

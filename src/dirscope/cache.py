@@ -351,7 +351,7 @@ class CacheReader:
             if keeps_positions(layer["shape"], layer["feature_axis"], pool) and layer["stored"] != "positions":
                 raise DirscopeError(
                     f"the cache holds mean-pooled activations of layer {name!r}; --pool max needs every position, "
-                    "so write the cache with --pool max"
+                    "so pass --pool mean, or write the cache again with --pool max"
                 )
 
     def _file(self, sub: str, chunk: dict[str, Any]) -> Path:

@@ -309,11 +309,13 @@ def layers(
         for info in infos
     ]
     width, shape_width = max(len(i.name) for i in infos), max(len("output (per example)"), *map(len, texts))
-    click.echo(f"{'name':<{width}}  {'type':<18} {'output (per example)':<{shape_width}}  {'D':>6}  positions")
+    type_width = max(18, *(len(i.type) for i in infos))  # long class names (TransformerEncoderLayer) keep columns
+    head = f"{'name':<{width}}  {'type':<{type_width}} {'output (per example)':<{shape_width}}  {'D':>6}  positions"
+    click.echo(head)
     for info, text in zip(infos, texts, strict=True):
         dim = "" if info.dim is None else f"{info.dim:>6}  {info.positions}"
         extra = f"  (runs {info.calls}x per forward)" if info.calls > 1 else ""
-        click.echo(f"{info.name:<{width}}  {info.type:<18} {text:<{shape_width}}  {dim}{extra}".rstrip())
+        click.echo(f"{info.name:<{width}}  {info.type:<{type_width}} {text:<{shape_width}}  {dim}{extra}".rstrip())
     click.echo("D: the features a direction of the layer has (--feature-axis auto); positions: what --pool pools over")
 
 

@@ -34,7 +34,7 @@ from .directions import DirectionSet, build_directions
 from .directions.file import file_digests
 from .errors import DirscopeError
 from .examples import collect_images
-from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs
+from .feeds import CacheFeed, Feed, ModelFeed, Rows, first_inputs, takes_token_ids, token_hint
 from .models import load_model, using_model
 from .project import FEATURE_AXES, POOLS, finite_rows, positions, project
 from .result import Result
@@ -846,7 +846,12 @@ def describe_layers(
                 "(data=, input_shape= in Python)"
             )
         if input_shape is not None or data is None:
-            example = torch.zeros((2, *(input_shape or loaded.input_shape)))
+            # a model that starts with an embedding takes token ids: zeros as int64 are valid ids of any vocabulary
+            dtype = torch.int64 if takes_token_ids(loaded.module) else torch.float32
+            example = torch.zeros((2, *(input_shape or loaded.input_shape)), dtype=dtype)
         else:
             example = first_inputs(load_data(data, preprocess=loaded.preprocess))
-        return list_layers(loaded.module, example.to(device))
+        try:
+            return list_layers(loaded.module, example.to(device))
+        except DirscopeError as exc:
+            raise DirscopeError(f"{exc}{token_hint(loaded.module, example)}") from None

@@ -7,6 +7,7 @@ labels, activations by layer) in increasing index order, cut where an uninterrup
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -61,7 +62,7 @@ class ModelFeed:
         self.rows: DataSource = load_data(data, preprocess=self.loaded.preprocess, workers=workers)
         self.device = device
         self.names = resolve_layers(self.loaded.module, list(layers))
-        self.shapes = self._shapes()
+        self.shapes = self._shapes(every=list(layers) == ["all"])
         modules = hookable(self.loaded.module)
         self.axes = {name: feature_axis(shape, layout, modules[name]) for name, shape in self.shapes.items()}
         self.label_names = self.rows.label_names or self.loaded.label_names
@@ -69,13 +70,32 @@ class ModelFeed:
         if self.loaded.info:
             self.model["info"] = self.loaded.info
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        """One dry forward on the first two examples for every layer's per-example output shape."""
+    def _shapes(self, every: bool = False) -> dict[str, tuple[int, ...]]:
+        """One dry forward on the first two examples for every layer's per-example output shape.
+
+        With ``every`` (``--layer all``) the leaves that a forward does not run exactly once with a tensor are
+        left out, with a note: an attention block's ``out_proj`` (whose weights the block reads directly) or a
+        ReLU module applied twice would otherwise refuse the whole run.
+        """
         example = first_inputs(self.rows)
         try:
             infos = {info.name: info for info in list_layers(self.loaded.module, example.to(self.device))}
         except DirscopeError as exc:
-            raise DirscopeError(f"{exc}{_shape_hint(tuple(example.shape[1:]), self.loaded.input_shape)}") from None
+            hint = _shape_hint(tuple(example.shape[1:]), self.loaded.input_shape) + token_hint(
+                self.loaded.module, example
+            )
+            raise DirscopeError(f"{exc}{hint}") from None
+        if every:
+            skipped = [n for n in self.names if infos[n].calls != 1 or infos[n].shape is None]
+            self.names = [n for n in self.names if n not in skipped]
+            if not self.names:
+                raise DirscopeError("--layer all found no leaf layer that runs once per forward; name the layers")
+            if skipped:
+                print(
+                    f"note: --layer all leaves out {len(skipped)} layer{'s' if len(skipped) > 1 else ''} that do "
+                    f"not run exactly once per forward ({', '.join(skipped)}); `dirscope layers MODEL` shows why",
+                    file=sys.stderr,
+                )
         shapes = {}
         for name in self.names:
             info = infos[name]
@@ -119,6 +139,25 @@ def _shape_hint(given: tuple[int, ...], declared: tuple[int, ...] | None) -> str
     if len(declared) == len(given) + 1 and declared[0] == 1 and declared[1:] == given:
         hint += ": add the channel axis to the data (x[:, None] for an array x of shape [N, ...])"
     return hint
+
+
+def takes_token_ids(module: torch.nn.Module) -> bool:
+    """Whether the model's first leaf module is an embedding, so that its inputs are token ids, not floats."""
+    for _, sub in module.named_modules():
+        if not any(True for _ in sub.children()):
+            return isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+    return False
+
+
+def token_hint(module: torch.nn.Module, example: torch.Tensor) -> str:
+    """What to change when float inputs reach a model that starts with an embedding: most likely token ids
+    stored as uint8, which are read as pixels and scaled to [0, 1]."""
+    if not example.is_floating_point() or not takes_token_ids(module):
+        return ""
+    return (
+        "; the model starts with an embedding, which takes token ids: store them as an integer array other than "
+        "uint8 (uint8 is read as pixels and scaled to [0, 1]), e.g. x.astype(np.int64)"
+    )
 
 
 class CacheFeed:

@@ -23,15 +23,15 @@ function el(tag, props, children) {
   return node;
 }
 
-/* The one image grid: cells are {index, caption}; images maps a dataset row to its image's source (a data:
-   URI, or the path of a file beside the page). */
+/* The one image grid: cells are {index, caption, placeholder (shown where the row has no image; default "no
+   image")}; images maps a dataset row to its image's source (a data: URI, or the path of a file beside the page). */
 function imageGrid(cells, images, big) {
   const grid = el("div", {class: big ? "grid big" : "grid"});
   for (const cell of cells) {
     const figure = el("figure", {class: "cell"});
     const source = images[String(cell.index)];
     if (source === undefined) {
-      figure.append(el("div", {class: "noimg", text: "no image"}));
+      figure.append(el("div", {class: "noimg", text: cell.placeholder || "no image"}));
     } else {
       const img = new Image();
       img.alt = "";

@@ -153,8 +153,11 @@ function renderPage() {
   byId("cards").replaceChildren(...shown.map(card));
 }
 
+/* Cells of an example set; an example without an image (token ids, say) names its dataset row instead, the one
+   way left to find it. */
 function cells(set) {
-  return set.map((c) => ({index: c[0], caption: fmt(c[1]) + (c[2] === null ? "" : " \u00b7 " + c[2])}));
+  return set.map((c) => ({index: c[0], caption: fmt(c[1]) + (c[2] === null ? "" : " \u00b7 " + c[2]),
+    placeholder: "row " + c[0]}));
 }
 
 function exampleBlock(name, set, zeros, constant) {

@@ -386,9 +386,20 @@ def test_conclusion_pairs_signs_missing_values_and_json_round_trip():
     assert text == (
         "units more coherent than random directions (label_purity (max) +0.19 [95% CI +0.15, +0.23], p_holm < 0.001)"
         ", no detectable difference by label_purity (min): smallest p_holm = 0.400; "
-        "no detectable difference between units and pca directions (label_purity (max): n/a, too few scores)"
+        "no test possible between units and pca directions (label_purity (max): n/a, too few scores)"
     )
     assert conclusion([]) == "no comparisons"
+
+
+def test_a_quiet_clause_names_the_metrics_it_could_not_compare_apart():
+    """Every set degenerate (token-level layers under max pooling) read "no detectable difference"; and a metric
+    without a result stood beside the others' smallest p as if that p spoke for it."""
+    untested = Comparison(math.nan, math.nan, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan, True, "too few")
+    rows = [record("kurtosis", comparison(0.1, -0.2, 0.4), 0.62), record("label_purity", untested, math.nan)]
+    assert conclusion(rows) == (
+        "no detectable difference between units and random directions "
+        "(kurtosis: smallest p_holm = 0.620; label_purity: n/a, too few)"
+    )
 
 
 def test_conclusion_groups_pairs_without_difference():

@@ -308,10 +308,9 @@ def conclusion(records: Iterable[Mapping[str, Any]], alpha: float = ALPHA) -> st
             quiet[pair[0]["family_a"], tuple(_metric_name(row, several_signs) for row in pair)].extend(pair)
     for (family_a, _), group in quiet.items():
         others = list(dict.fromkeys(row["family_b"] for row in group))
-        clauses.append(
-            f"no detectable difference between {_family_long(family_a)} and {_families_long(others)} "
-            f"({_quiet(group, several_signs)})"
-        )
+        tested = any(not math.isnan(_float(row.get("p_holm"))) for row in group)
+        what = "no detectable difference between" if tested else "no test possible between"  # nothing was compared
+        clauses.append(f"{what} {_family_long(family_a)} and {_families_long(others)} ({_quiet(group, several_signs)})")
     return "; ".join(clauses)
 
 
@@ -333,12 +332,18 @@ def _pair_conclusion(rows: list[Mapping[str, Any]], alpha: float, several_signs:
 
 
 def _quiet(rows: list[Mapping[str, Any]], several_signs: bool) -> str:
-    """The metrics without a detectable difference, in short: their names and the smallest Holm p."""
-    names = ", ".join(dict.fromkeys(_metric_name(row, several_signs) for row in rows))
-    finite = [p for p in (_float(row.get("p_holm")) for row in rows) if not math.isnan(p)]
-    if finite:
-        return f"{names}: smallest p_holm {_p_text(min(finite))}"
-    return f"{names}: n/a, {rows[0].get('note') or 'not computed'}"
+    """The metrics without a detectable difference, in short: their names and the smallest Holm p; those that
+    could not be compared are named apart with the reason, so a p never seems to speak for them."""
+    tested = [row for row in rows if not math.isnan(_float(row.get("p_holm")))]
+    untested = [row for row in rows if math.isnan(_float(row.get("p_holm")))]
+    parts = []
+    if tested:
+        names = ", ".join(dict.fromkeys(_metric_name(row, several_signs) for row in tested))
+        parts.append(f"{names}: smallest p_holm {_p_text(min(_float(row.get('p_holm')) for row in tested))}")
+    if untested:
+        names = ", ".join(dict.fromkeys(_metric_name(row, several_signs) for row in untested))
+        parts.append(f"{names}: n/a, {untested[0].get('note') or 'not computed'}")
+    return "; ".join(parts)
 
 
 def differs(row: Mapping[str, Any], alpha: float = ALPHA) -> bool:

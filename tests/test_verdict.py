@@ -475,3 +475,15 @@ def test_a_null_sample_smaller_than_k_skips_only_the_metrics_drawing_from_it():
     assert {"label_purity", "label_entropy"} <= {r["metric"] for r in verdict.records}
     with pytest.raises(DirscopeError, match="the null population has 3 examples, fewer than k=4"):
         res.score(metrics=["embedding_coherence"], references=["pixels"], plots=False, **QUICK)
+
+
+def test_image_references_of_a_run_without_images_say_the_data_is_not_image_like():
+    """The notice read "the run has no image for rows [0, 1, 2, 3, 4]", as if a few images were missing."""
+    x = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+    data = (x, np.arange(60) % 3)
+    res = dirscope.run(nn.Sequential(nn.Linear(5, 5)), ["0"], data, "basis,random:5", k=3, progress=False)
+    verdict = res.score(plots=False, **QUICK)
+    assert any(
+        n.startswith("embedding_coherence:pixels: skipped, the run has no example images (its data is not image-like)")
+        for n in verdict.notices
+    ), verdict.notices

@@ -531,7 +531,7 @@ def _scan(feed: Feed, plans: list[LayerPlan], config: RunConfig, log: ScanLog, p
     bar = tqdm(
         total=progress.total,
         initial=progress.start,
-        unit="img",
+        unit="ex",
         unit_scale=True,
         disable=not progress.bar,
         desc="scanning",

@@ -330,7 +330,7 @@ def _run_shards(
         tries[j] += 1
         pending[remote.remote(task, *shards[j])] = j
 
-    bar = tqdm(total=progress.total, initial=progress.start, unit="img", unit_scale=True, disable=not progress.bar)
+    bar = tqdm(total=progress.total, initial=progress.start, unit="ex", unit_scale=True, disable=not progress.bar)
     with bar:
         while todo or pending:
             while todo and len(pending) < width and len(finished) < width:

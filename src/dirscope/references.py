@@ -80,6 +80,10 @@ class _NeedsSquares(Exception):
 
 def _check_images(images: Mapping[int, np.ndarray], rows: np.ndarray, reference: str) -> None:
     missing = [int(r) for r in rows if int(r) not in images]
+    if missing and len(missing) == len(rows):
+        raise DirscopeError(
+            f"the run has no example images (its data is not image-like); the {reference} reference needs them"
+        )
     if missing:
         raise DirscopeError(f"the run has no image for rows {missing[:5]}; the {reference} reference needs image data")
 

@@ -461,6 +461,12 @@ def test_the_verdict_table_has_its_columns_without_comparisons():
     assert table.empty and {"layer", "metric", "p_holm", "effect"} <= set(table.columns)
 
 
+def test_the_verdict_table_has_the_same_columns_with_and_without_comparisons(api_run):
+    """With columns given, table() once dropped the records' excluded_a/excluded_b, kind and row."""
+    full = api_run[0].score(metrics="kurtosis", plots=False, **QUICK).table()
+    assert not full.empty and list(full.columns) == list(dirscope.verdict.TABLE_COLUMNS)
+
+
 def test_a_null_sample_smaller_than_k_skips_only_the_metrics_drawing_from_it():
     """Scoring failed as a whole; label metrics draw from the label counts and still score."""
     rng = np.random.default_rng(0)

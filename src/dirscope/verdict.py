@@ -44,7 +44,11 @@ class Verdict:
 
     def table(self) -> pd.DataFrame:
         """One row per comparison; with none (e.g. a basis-only run) still the columns, so code can select them."""
-        return pd.DataFrame(self.records, columns=list(RECORD_FIELDS))
+        return pd.DataFrame(self.records) if self.records else pd.DataFrame(columns=list(TABLE_COLUMNS))
+
+
+# A comparison's record (compare.to_record) and what judge adds to it.
+TABLE_COLUMNS = (*RECORD_FIELDS, "kind", "excluded_a", "excluded_b", "row")
 
 
 def family_pair(text: str, families: Collection[str], what: str = "--compare") -> tuple[str, str]:

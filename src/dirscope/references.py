@@ -80,7 +80,7 @@ class _NeedsSquares(Exception):
 
 def _check_images(images: Mapping[int, np.ndarray], rows: np.ndarray, reference: str) -> None:
     missing = [int(r) for r in rows if int(r) not in images]
-    if missing and len(missing) == len(rows):
+    if missing and not images:
         raise DirscopeError(
             f"the run has no example images (its data is not image-like); the {reference} reference needs them"
         )

@@ -397,12 +397,18 @@ def _score_metric(
                     "score": scores,
                     "z": z,
                     "percentile": pct,
-                    "degenerate": degenerate(values, _zeros(result, str(layer), directions))
-                    | _constant(result, str(layer), directions),
+                    "degenerate": picked_by_row(result, str(layer), directions, values),
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def picked_by_row(result: Result, layer: str, directions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """bool [M]: the sets (``values`` [M, k] of ``directions``) that the dataset index picked, not the direction:
+    ``metrics.degenerate`` given each direction's zeros, or a constant direction. Scoring leaves them out, and
+    the study does not show them."""
+    return degenerate(values, _zeros(result, layer, directions)) | _constant(result, layer, directions)
 
 
 def _zeros(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:

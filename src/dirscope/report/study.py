@@ -32,9 +32,9 @@ from scipy import stats
 from ..atomic import write_json, write_text
 from ..compare import CONFIDENCE, cliffs_delta, holm, mean_ci
 from ..errors import DirscopeError
-from ..metrics import degenerate
 from ..result import Result
 from ..rundir import read_run, writes_run
+from ..scoring import picked_by_row
 from ..seeding import numpy_rng
 from .page import image_sources, json_number, render_page
 
@@ -177,20 +177,18 @@ def _ratable(
             )
         for family in families:
             rows = result.rows_of(layer, family)
-            keep = ~_picked_by_row(result, layer, rows)
+            keep = ~_top_picked_by_row(result, layer, rows)
             ratable[layer, family] = rows[keep]
             if not keep.all():
                 left_out.setdefault(layer, {})[family] = int((~keep).sum())
     return ratable, left_out
 
 
-def _picked_by_row(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
-    """bool per direction: its top-k set is degenerate as scoring defines it (ties, padding zeros, constant)."""
+def _top_picked_by_row(result: Result, layer: str, directions: np.ndarray) -> np.ndarray:
+    """bool per direction: scoring's ``picked_by_row`` of its top-k set."""
     top = result.topk[(result.topk["layer"] == layer) & (result.topk["sign"] == "max")]
     values = top.sort_values(["direction", "rank"]).groupby("direction")["value"].apply(list)
-    stats = result.stats[result.stats["layer"] == layer].set_index("direction").reindex(directions)
-    flagged = degenerate(np.array([values[d] for d in directions], np.float64), stats["zeros"].to_numpy(np.int64))
-    return flagged | (stats["min"] == stats["max"]).to_numpy(bool)
+    return picked_by_row(result, layer, directions, np.array([values[d] for d in directions], np.float64))
 
 
 def _draw_items(
